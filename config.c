@@ -1,0 +1,700 @@
+/*
+ * config.c -- the config file of DESIGN.md section 2.
+ *
+ * Owns: the two arrays of a loaded fep_config, dcus and by_sid, allocated
+ * once by config_load and freed by config_release; nothing else.
+ * Must not touch: sockets (an address is resolved, never connected or bound),
+ * the directories it names (fepd creates them later, after --check), and any
+ * state outside the fep_config it is given.
+ *
+ * How a file is read.  The file is read twice with stdio, one line at a time
+ * into a fixed buffer: the first pass only counts the dcu lines, so that the
+ * DCU table is allocated exactly once and never grows; the second pass parses
+ * every line and stops at the first error.  A message always names the file
+ * and the line, then the directive and the value at fault, because the
+ * operator reads it in a log far from the file.  Plain directives are a
+ * table (name, parser, field, default): the defaults go through the same
+ * parsers as the file, so a default can never be a value the file could not
+ * hold.  The DCUs are then indexed by their padded SID, the form the wire
+ * carries, so that a frame's SID is looked up by binary search without
+ * unpadding; duplicates show up as neighbours in that order.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fep.h"
+
+#define CONFIG_LINE_MAX 1023            /* characters, newline not counted */
+#define CONFIG_FIELDS_MAX 6             /* dcu ID ADDRESS key= poll= and one extra to name */
+#define FIELD_SEPARATORS " \t\r"        /* \r: a file saved with CRLF still reads */
+#define DURATION_MAX_S 86400
+#define MS_PER_S 1000
+/* data_dir and state_dir leave room for "/meter_change.csv", "/fepd.state.tmp". */
+#define PATH_TEXT_MAX (PATH_SIZE - 32)
+#define WHY_SIZE (CONFIG_LINE_MAX + 128) /* a problem, quoting a value of a whole line */
+
+/* The fields of one line, comment removed; n counts them all, f holds the first ones. */
+typedef struct line_fields {
+    char *f[CONFIG_FIELDS_MAX];
+    unsigned n;
+} line_fields;
+
+/* Parses text into *field; 0, or -1 with the problem in why. */
+typedef int (*value_parser)(const char *text, void *field, char *why,
+                            size_t whylen);
+
+static int parse_fep_id(const char *text, void *field, char *why, size_t whylen);
+static int parse_addr(const char *text, void *field, char *why, size_t whylen);
+static int parse_path(const char *text, void *field, char *why, size_t whylen);
+static int parse_sessions(const char *text, void *field, char *why,
+                          size_t whylen);
+static int parse_duration(const char *text, void *field, char *why,
+                          size_t whylen);
+static int parse_sync(const char *text, void *field, char *why, size_t whylen);
+
+#define NO_FLAG ((size_t)-1)
+#define AT(member) offsetof(fep_config, member)
+
+/* Every directive but dcu; DESIGN.md section 2 is the reference for the defaults. */
+static const struct directive {
+    const char *name;
+    value_parser parse;
+    size_t field;                       /* offset of the value in fep_config */
+    size_t flag;                        /* offset of an int set to 1 when given */
+    const char *deflt;                  /* NULL: off unless given */
+} directives[] = {
+    { "fep_id", parse_fep_id, AT(fep_id), NO_FLAG, "FEP00001" },
+    { "listen", parse_addr, AT(listen), AT(has_listen), NULL },
+    { "metrics", parse_addr, AT(metrics), AT(has_metrics), NULL },
+    { "data_dir", parse_path, AT(data_dir), NO_FLAG, "./data" },
+    { "state_dir", parse_path, AT(state_dir), NO_FLAG, "./state" },
+    { "max_sessions", parse_sessions, AT(max_sessions), NO_FLAG, "256" },
+    { "poll_every", parse_duration, AT(poll_every_ms), NO_FLAG, "900" },
+    { "sync", parse_sync, AT(sync_packet), NO_FLAG, "packet" },
+    { "timeout_connect", parse_duration, AT(timeout_connect_ms), NO_FLAG, "5" },
+    { "timeout_frame", parse_duration, AT(timeout_frame_ms), NO_FLAG, "10" },
+    { "timeout_write", parse_duration, AT(timeout_write_ms), NO_FLAG, "10" },
+    { "timeout_idle", parse_duration, AT(timeout_idle_ms), NO_FLAG, "30" },
+    { "timeout_session", parse_duration, AT(timeout_session_ms), NO_FLAG,
+      "300" },
+};
+
+#define DIRECTIVES (sizeof directives / sizeof directives[0])
+
+typedef struct config_reader {
+    FILE *f;
+    const char *path;
+    unsigned line;                      /* of the line in buf, 1-based */
+    int too_long;                       /* the line in buf was cut */
+    char *err;
+    size_t errlen;
+    unsigned given[DIRECTIVES];         /* line where each was given, 0 not yet */
+    unsigned dcu_cap;                   /* dcu lines counted by the first pass */
+    char buf[CONFIG_LINE_MAX + 2];      /* a line, its newline and the NUL */
+} config_reader;
+
+/* ------------------------------------------------------------------------
+ * Messages
+ * ---------------------------------------------------------------------- */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static int reader_fail(config_reader *r, const char *fmt, ...)
+{
+    va_list ap;
+    int n = snprintf(r->err, r->errlen, "%s:%u: ", r->path, r->line);
+
+    if (n >= 0 && (size_t)n < r->errlen) {
+        va_start(ap, fmt);
+        vsnprintf(r->err + n, r->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* A problem of the whole file, with no line to name. */
+static int file_fail(config_reader *r, const char *problem, const char *detail)
+{
+    snprintf(r->err, r->errlen, "%s: %s%s", r->path, problem, detail);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * Lines and fields
+ * ---------------------------------------------------------------------- */
+
+/*
+ * The next line in r->buf, without its newline.  1: a line; 0: end of file;
+ * -1: read error.  A line longer than CONFIG_LINE_MAX sets r->too_long and
+ * the rest of it is skipped, so that line numbers stay right.
+ */
+static int reader_next(config_reader *r)
+{
+    size_t len;
+    int c;
+
+    if (!fgets(r->buf, (int)sizeof r->buf, r->f))
+        return ferror(r->f) ? -1 : 0;
+    r->line++;
+    r->too_long = 0;
+    len = strlen(r->buf);
+    if (len > 0 && r->buf[len - 1] == '\n') {
+        r->buf[len - 1] = '\0';
+        return 1;
+    }
+    if (len <= CONFIG_LINE_MAX)
+        return 1;                       /* the last line, without a newline */
+    r->too_long = 1;
+    while ((c = getc(r->f)) != EOF && c != '\n')
+        ;
+    return ferror(r->f) ? -1 : 1;
+}
+
+static void split_fields(char *s, line_fields *lf)
+{
+    char *hash = strchr(s, '#');
+
+    if (hash)
+        *hash = '\0';
+    lf->n = 0;
+    for (;;) {
+        s += strspn(s, FIELD_SEPARATORS);
+        if (*s == '\0')
+            return;
+        if (lf->n < CONFIG_FIELDS_MAX)
+            lf->f[lf->n] = s;
+        lf->n++;
+        s += strcspn(s, FIELD_SEPARATORS);
+        if (*s != '\0')
+            *s++ = '\0';
+    }
+}
+
+/* Copies at most cap - 1 characters; text is for messages only. */
+static void copy_text(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* ------------------------------------------------------------------------
+ * Values
+ * ---------------------------------------------------------------------- */
+
+static int is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* 1..8 characters, each printable ASCII other than space: the wire pads with spaces. */
+static int id_valid(const char *text)
+{
+    size_t i, n = strlen(text);
+
+    if (n < 1 || n > FRAME_ID_SIZE)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (text[i] < 0x21 || text[i] > 0x7E)
+            return 0;
+    return 1;
+}
+
+static int parse_id(const char *text, char id[FRAME_ID_SIZE + 1], char *why,
+                    size_t whylen)
+{
+    if (!id_valid(text)) {
+        snprintf(why, whylen, "must be 1..%d printable ASCII characters "
+                 "without spaces, got '%s'", FRAME_ID_SIZE, text);
+        return -1;
+    }
+    copy_text(id, FRAME_ID_SIZE + 1, text);
+    return 0;
+}
+
+static int parse_fep_id(const char *text, void *field, char *why, size_t whylen)
+{
+    return parse_id(text, field, why, whylen);
+}
+
+static int parse_addr(const char *text, void *field, char *why, size_t whylen)
+{
+    return sys_addr_parse(text, field, why, whylen);
+}
+
+static int parse_path(const char *text, void *field, char *why, size_t whylen)
+{
+    if (strlen(text) > PATH_TEXT_MAX) {
+        snprintf(why, whylen, "must be at most %d characters, got '%s'",
+                 PATH_TEXT_MAX, text);
+        return -1;
+    }
+    copy_text(field, PATH_SIZE, text);
+    return 0;
+}
+
+/* Decimal digits only, at most max; 0 or -1. */
+static int parse_unsigned(const char *text, unsigned long max,
+                          unsigned long *out)
+{
+    unsigned long v = 0;
+
+    if (*text == '\0')
+        return -1;
+    for (; *text; text++) {
+        if (!is_digit(*text))
+            return -1;
+        v = v * 10 + (unsigned long)(*text - '0');
+        if (v > max)
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_sessions(const char *text, void *field, char *why,
+                          size_t whylen)
+{
+    unsigned long v;
+
+    if (parse_unsigned(text, SESSIONS_MAX, &v) != 0 || v < 1) {
+        snprintf(why, whylen, "must be 1..%d, got '%s'", SESSIONS_MAX, text);
+        return -1;
+    }
+    *(unsigned *)field = (unsigned)v;
+    return 0;
+}
+
+/* "S" or "S.F" with 1..3 digits of F: whole milliseconds, nothing rounded. */
+static int seconds_to_ms(const char *text, int64_t *ms)
+{
+    const char *dot = strchr(text, '.');
+    char whole[16];
+    unsigned long s, frac = 0;
+    size_t nwhole = dot ? (size_t)(dot - text) : strlen(text);
+    size_t nfrac = dot ? strlen(dot + 1) : 0;
+
+    if (nwhole == 0 || nwhole >= sizeof whole ||
+        (dot && (nfrac < 1 || nfrac > 3)))
+        return -1;
+    memcpy(whole, text, nwhole);
+    whole[nwhole] = '\0';
+    if (parse_unsigned(whole, DURATION_MAX_S, &s) != 0 ||
+        (dot && parse_unsigned(dot + 1, 999, &frac) != 0))
+        return -1;
+    while (nfrac++ < 3)
+        frac *= 10;
+    *ms = (int64_t)s * MS_PER_S + (int64_t)frac;
+    return 0;
+}
+
+static int parse_duration(const char *text, void *field, char *why,
+                          size_t whylen)
+{
+    int64_t ms;
+
+    if (seconds_to_ms(text, &ms) != 0 || ms <= 0 ||
+        ms > (int64_t)DURATION_MAX_S * MS_PER_S) {
+        snprintf(why, whylen, "must be seconds, more than 0 and at most %d, "
+                 "with at most 3 decimals (e.g. 0.25), got '%s'",
+                 DURATION_MAX_S, text);
+        return -1;
+    }
+    *(int64_t *)field = ms;
+    return 0;
+}
+
+static int parse_sync(const char *text, void *field, char *why, size_t whylen)
+{
+    if (strcmp(text, "packet") == 0) {
+        *(int *)field = 1;
+    } else if (strcmp(text, "none") == 0) {
+        *(int *)field = 0;
+    } else {
+        snprintf(why, whylen, "must be packet or none, got '%s'", text);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_key(const char *text, dcu_conf *dc, char *why, size_t whylen)
+{
+    size_t i;
+
+    if (strcmp(text, "-") == 0) {
+        dc->has_key = 0;
+        return 0;
+    }
+    for (i = 0; i < 2 * KEY_SIZE && hex_digit(text[i]) >= 0; i++)
+        ;
+    if (i != 2 * KEY_SIZE || text[i] != '\0') {
+        snprintf(why, whylen, "must be %d hex digits or -, got '%s'",
+                 2 * KEY_SIZE, text);
+        return -1;
+    }
+    for (i = 0; i < KEY_SIZE; i++)
+        dc->key[i] = (uint8_t)(hex_digit(text[2 * i]) << 4 |
+                               hex_digit(text[2 * i + 1]));
+    dc->has_key = 1;
+    return 0;
+}
+
+/* "k,s": letters of k s m n, each at most once, kept in the order given. */
+static int parse_poll(const char *text, dcu_conf *dc, char *why, size_t whylen)
+{
+    char letters[POLL_CMDS_MAX + 1];
+    size_t n = 0, i = 0;
+
+    for (;;) {
+        char c = text[i];
+        if (c == '\0' || !strchr("ksmn", c) || memchr(letters, c, n) ||
+            n == POLL_CMDS_MAX)
+            break;
+        letters[n++] = c;
+        if (text[i + 1] == '\0') {
+            letters[n] = '\0';
+            memcpy(dc->poll, letters, n + 1);
+            return 0;
+        }
+        if (text[i + 1] != ',')
+            break;
+        i += 2;
+    }
+    snprintf(why, whylen, "must be a comma-separated list of k s m n, each "
+             "at most once (e.g. k,s), got '%s'", text);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * Directives
+ * ---------------------------------------------------------------------- */
+
+static const struct directive *directive_find(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < DIRECTIVES; i++)
+        if (strcmp(directives[i].name, name) == 0)
+            return &directives[i];
+    return NULL;
+}
+
+static void config_defaults(fep_config *cfg)
+{
+    char why[WHY_SIZE];
+    size_t i;
+
+    for (i = 0; i < DIRECTIVES; i++) {
+        const struct directive *d = &directives[i];
+        if (d->deflt && d->parse(d->deflt, (char *)cfg + d->field, why,
+                                 sizeof why) != 0)
+            abort();                    /* a default the parser refuses */
+    }
+}
+
+static int apply_directive(config_reader *r, fep_config *cfg,
+                           const line_fields *lf)
+{
+    const struct directive *d = directive_find(lf->f[0]);
+    char why[WHY_SIZE];
+    size_t k;
+
+    if (!d)
+        return reader_fail(r, "unknown directive '%s'", lf->f[0]);
+    k = (size_t)(d - directives);
+    if (r->given[k])
+        return reader_fail(r, "%s: given twice (first on line %u)", d->name,
+                           r->given[k]);
+    if (lf->n < 2)
+        return reader_fail(r, "%s: missing value", d->name);
+    if (lf->n > 2)
+        return reader_fail(r, "%s: extra value '%s'", d->name, lf->f[2]);
+    if (d->parse(lf->f[1], (char *)cfg + d->field, why, sizeof why) != 0)
+        return reader_fail(r, "%s: %s", d->name, why);
+    if (d->flag != NO_FLAG)
+        *(int *)(void *)((char *)cfg + d->flag) = 1;
+    r->given[k] = r->line;
+    return 0;
+}
+
+static int dcu_address(config_reader *r, dcu_conf *dc, const char *text)
+{
+    char why[WHY_SIZE];
+
+    copy_text(dc->addr_text, sizeof dc->addr_text, text);
+    if (strcmp(text, "-") == 0) {
+        dc->has_addr = 0;
+        return 0;
+    }
+    if (sys_addr_parse(text, &dc->addr, why, sizeof why) != 0)
+        return reader_fail(r, "dcu %s: address %s", dc->id, why);
+    dc->has_addr = 1;
+    return 0;
+}
+
+/* key=HEX32|- or poll=CMDS; given tracks which were seen on this line. */
+static int dcu_option(config_reader *r, dcu_conf *dc, const char *opt,
+                      unsigned *given)
+{
+    static const char *const names[2] = { "key=", "poll=" };
+    char why[WHY_SIZE];
+    const char *value;
+    unsigned k;
+    int rc;
+
+    for (k = 0; k < 2; k++)
+        if (strncmp(opt, names[k], strlen(names[k])) == 0)
+            break;
+    if (k == 2)
+        return reader_fail(r, "dcu %s: unknown option '%s' (expected "
+                           "key=HEX32|- or poll=CMDS)", dc->id, opt);
+    if (*given & (1u << k))
+        return reader_fail(r, "dcu %s: option %.*s given twice", dc->id,
+                           (int)strlen(names[k]) - 1, names[k]);
+    *given |= 1u << k;
+    value = opt + strlen(names[k]);
+    rc = k == 0 ? parse_key(value, dc, why, sizeof why)
+                : parse_poll(value, dc, why, sizeof why);
+    if (rc != 0)
+        return reader_fail(r, "dcu %s: %.*s %s", dc->id,
+                           (int)strlen(names[k]) - 1, names[k], why);
+    return 0;
+}
+
+/* dcu ID ADDRESS [key=HEX32|-] [poll=CMDS] */
+static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
+{
+    char why[WHY_SIZE];
+    unsigned i, given = 0;
+    dcu_conf *dc;
+
+    if (cfg->n_dcus >= r->dcu_cap)
+        return reader_fail(r, "the file changed while it was being read");
+    if (lf->n < 2)
+        return reader_fail(r, "dcu: missing ID and ADDRESS");
+    dc = &cfg->dcus[cfg->n_dcus];
+    if (parse_id(lf->f[1], dc->id, why, sizeof why) != 0)
+        return reader_fail(r, "dcu: ID %s", why);
+    if (lf->n < 3)
+        return reader_fail(r, "dcu %s: missing ADDRESS (host:port or -)",
+                           dc->id);
+    if (lf->n > 5)
+        return reader_fail(r, "dcu %s: extra value '%s'", dc->id, lf->f[5]);
+    if (dcu_address(r, dc, lf->f[2]) != 0)
+        return -1;
+    strcpy(dc->poll, "k");
+    for (i = 3; i < lf->n; i++)
+        if (dcu_option(r, dc, lf->f[i], &given) != 0)
+            return -1;
+    frame_id_set(dc->sid, dc->id);
+    dc->line = r->line;
+    cfg->n_dcus++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Passes
+ * ---------------------------------------------------------------------- */
+
+static int read_failed(config_reader *r)
+{
+    return file_fail(r, "cannot read: ", strerror(errno));
+}
+
+static int count_dcus(config_reader *r)
+{
+    line_fields lf;
+    int rc;
+
+    r->line = 0;
+    r->dcu_cap = 0;
+    while ((rc = reader_next(r)) == 1) {
+        split_fields(r->buf, &lf);
+        if (!r->too_long && lf.n > 0 && strcmp(lf.f[0], "dcu") == 0)
+            r->dcu_cap++;
+    }
+    return rc < 0 ? read_failed(r) : 0;
+}
+
+static int parse_lines(config_reader *r, fep_config *cfg)
+{
+    line_fields lf;
+    int rc;
+
+    r->line = 0;
+    while ((rc = reader_next(r)) == 1) {
+        if (r->too_long)
+            return reader_fail(r, "line longer than %d characters",
+                               CONFIG_LINE_MAX);
+        split_fields(r->buf, &lf);
+        if (lf.n == 0)
+            continue;
+        rc = strcmp(lf.f[0], "dcu") == 0 ? apply_dcu(r, cfg, &lf)
+                                         : apply_directive(r, cfg, &lf);
+        if (rc != 0)
+            return -1;
+    }
+    return rc < 0 ? read_failed(r) : 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The SID index
+ * ---------------------------------------------------------------------- */
+
+typedef struct sid_entry {
+    uint8_t sid[FRAME_ID_SIZE];
+    unsigned index;
+} sid_entry;
+
+/* By SID, then by index, so that equal SIDs come in file order. */
+static int sid_entry_cmp(const void *a, const void *b)
+{
+    const sid_entry *x = a, *y = b;
+    int c = memcmp(x->sid, y->sid, FRAME_ID_SIZE);
+
+    if (c != 0)
+        return c;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The position in e[] of the earliest second occurrence of a SID, or n. */
+static unsigned first_duplicate(const sid_entry *e, unsigned n)
+{
+    unsigned i, best = n;
+
+    for (i = 1; i < n; i++) {
+        int second = memcmp(e[i].sid, e[i - 1].sid, FRAME_ID_SIZE) == 0 &&
+                     (i == 1 || memcmp(e[i - 1].sid, e[i - 2].sid,
+                                       FRAME_ID_SIZE) != 0);
+        if (second && (best == n || e[i].index < e[best].index))
+            best = i;
+    }
+    return best;
+}
+
+static int index_dcus(config_reader *r, fep_config *cfg)
+{
+    unsigned i, dup, n = cfg->n_dcus;
+    sid_entry *e = malloc(n * sizeof *e);
+
+    if (!e)
+        return file_fail(r, "out of memory", "");
+    for (i = 0; i < n; i++) {
+        memcpy(e[i].sid, cfg->dcus[i].sid, FRAME_ID_SIZE);
+        e[i].index = i;
+    }
+    qsort(e, n, sizeof *e, sid_entry_cmp);
+    for (i = 0; i < n; i++)
+        cfg->by_sid[i] = e[i].index;
+    dup = first_duplicate(e, n);
+    free(e);
+    if (dup == n)
+        return 0;
+    r->line = cfg->dcus[cfg->by_sid[dup]].line;
+    return reader_fail(r, "dcu %s: duplicate id (first on line %u)",
+                       cfg->dcus[cfg->by_sid[dup]].id,
+                       cfg->dcus[cfg->by_sid[dup - 1]].line);
+}
+
+/* ------------------------------------------------------------------------
+ * Interface
+ * ---------------------------------------------------------------------- */
+
+static int config_allocate(config_reader *r, fep_config *cfg)
+{
+    if (r->dcu_cap == 0)
+        return 0;                       /* parse_lines reports the other errors first */
+    cfg->dcus = calloc(r->dcu_cap, sizeof *cfg->dcus);
+    cfg->by_sid = calloc(r->dcu_cap, sizeof *cfg->by_sid);
+    if (!cfg->dcus || !cfg->by_sid)
+        return file_fail(r, "out of memory for the DCU table", "");
+    return 0;
+}
+
+static int config_read(config_reader *r, fep_config *cfg)
+{
+    if (count_dcus(r) != 0 || config_allocate(r, cfg) != 0)
+        return -1;
+    rewind(r->f);
+    config_defaults(cfg);
+    if (parse_lines(r, cfg) != 0)
+        return -1;
+    if (cfg->n_dcus == 0)
+        return file_fail(r, "no dcu line: at least one DCU must be configured",
+                         "");
+    if (index_dcus(r, cfg) != 0)
+        return -1;
+    frame_id_set(cfg->sid, cfg->fep_id);
+    return 0;
+}
+
+int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
+{
+    config_reader r;
+    int rc;
+
+    memset(cfg, 0, sizeof *cfg);
+    memset(&r, 0, sizeof r);
+    r.path = path;
+    r.err = err;
+    r.errlen = errlen;
+    r.f = fopen(path, "r");
+    if (!r.f)
+        return file_fail(&r, "cannot open: ", strerror(errno));
+    rc = config_read(&r, cfg);
+    fclose(r.f);
+    if (rc != 0) {
+        config_release(cfg);
+        memset(cfg, 0, sizeof *cfg);
+    }
+    return rc;
+}
+
+int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
+{
+    unsigned lo = 0, hi = cfg->n_dcus;
+
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        unsigned k = cfg->by_sid[mid];
+        int c = memcmp(cfg->dcus[k].sid, sid, FRAME_ID_SIZE);
+
+        if (c == 0)
+            return (int)k;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+/* The arrays are zeroed with the count, so that a second call, or one after
+ * a failed load (which leaves *cfg all zero), is harmless. */
+void config_release(fep_config *cfg)
+{
+    free(cfg->dcus);
+    free(cfg->by_sid);
+    cfg->dcus = NULL;
+    cfg->by_sid = NULL;
+    cfg->n_dcus = 0;
+}

@@ -1,0 +1,941 @@
+/*
+ * fep.c -- fepd: the command line, start-up, the select() loop, the slot
+ * table, the poll scheduler, signals and shutdown.
+ *
+ * Owns: the fepd struct and everything in it that is allocated at start-up
+ * (the slot table here; the DCU tables through config_load and state_open;
+ * the CSV buffers inside the struct), every socket descriptor (listeners are
+ * opened in start_listeners and closed in stop_listeners; a session's socket
+ * is opened before slot_open and closed only in slot_close), and the signal
+ * flags.  After start-up nothing is allocated or freed.
+ * Must not touch: protocol decisions (session.c), file formats (store.c,
+ * state.c).
+ *
+ * One pass of the loop:
+ *   1. signals, the poll scheduler, the fd_sets, select() until the nearest
+ *      deadline;
+ *   2. accepts, then each slot's connect / read / write;
+ *   3. group commit: one store_commit covers every packet read in this
+ *      pass; then their ACKs (or NACK STORE) go out;
+ *   4. deadlines; then the reap step closes what has finished, so no
+ *      handler ever frees a slot another handler of the pass still uses.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fep.h"
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define SLOT_OPEN(d, kind, fd, peer, now) \
+    slot_open((d), (kind), (fd), (peer), (now), __FILE__ ":" STR(__LINE__))
+
+#define ACCEPTS_PER_PASS 64             /* fairness between new and open sessions */
+#define LINGER_MS_MAX 1000              /* waiting for the peer's close */
+#define SELECT_WAIT_MS_MAX 250          /* how late a signal may be noticed */
+#define POLL_NEVER INT64_MAX
+
+static volatile sig_atomic_t signal_stop, signal_hup, signal_usr1;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGHUP)
+        signal_hup = 1;
+    else if (sig == SIGUSR1)
+        signal_usr1 = 1;
+    else
+        signal_stop = 1;
+}
+
+/* ------------------------------------------------------------------------
+ * Allocation check (test build): counts allocations made after start-up by
+ * fepd's own code.  Linked with -Wl,--wrap=malloc,... (GNU ld, lld).
+ * ---------------------------------------------------------------------- */
+
+#ifdef FEP_ALLOC_CHECK
+static int alloc_sealed;
+static unsigned long allocs_after_start;
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void __real_free(void *p);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_realloc(void *p, size_t n);
+void __wrap_free(void *p);
+
+void *__wrap_malloc(size_t n)
+{
+    allocs_after_start += alloc_sealed;
+    return __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t m)
+{
+    allocs_after_start += alloc_sealed;
+    return __real_calloc(n, m);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    allocs_after_start += alloc_sealed;
+    return __real_realloc(p, n);
+}
+
+void __wrap_free(void *p)
+{
+    allocs_after_start += alloc_sealed && p;
+    __real_free(p);
+}
+
+static void alloc_seal(int on)
+{
+    alloc_sealed = on;
+}
+
+static void alloc_report(void)
+{
+    log_msg(LOG_INFO, "allocations after start-up: %lu", allocs_after_start);
+}
+#else
+static void alloc_seal(int on)
+{
+    (void)on;
+}
+
+static void alloc_report(void)
+{
+}
+#endif
+
+/* ------------------------------------------------------------------------
+ * The slot table: slot_open and slot_close are the only places where a
+ * slot changes between FREE and in use.
+ * ---------------------------------------------------------------------- */
+
+static session *slot_open(fepd *d, enum slot_kind kind, int fd,
+                          const sys_addr *peer, int64_t now,
+                          const char *where)
+{
+    session *s = NULL;
+    uint32_t gen;
+    unsigned i;
+
+    for (i = 0; i < d->n_slots; i++) {
+        if (d->slots[i].state == SLOT_FREE) {
+            s = &d->slots[i];
+            break;
+        }
+    }
+    if (!s) {
+        /* The callers count free slots first; reaching here is a bug. */
+        log_msg(LOG_ERROR, "%s: no free slot (bug)", where);
+        abort();
+    }
+    /* The whole slot, buffers included: about 9 KiB, well under a
+     * microsecond, and no field can keep a value from the last session. */
+    gen = s->gen + 1;
+    memset(s, 0, sizeof *s);
+    s->gen = gen;
+    s->state = SLOT_ACTIVE;
+    s->kind = kind;
+    s->fd = fd;
+    s->dcu = -1;
+    s->key_index = -1;
+    if (peer)
+        s->peer = *peer;
+    s->opened_at = where;
+    s->opened_ms = now;
+    s->session_deadline_ms = now + d->cfg.timeout_session_ms;
+    frame_rx_reset(&s->rx);
+    d->slots_in_use++;
+    d->kind_in_use[kind]++;
+    if (kind == KIND_POLL || kind == KIND_PUSH)
+        d->sessions_active++;
+    d->stats.slots_acquired++;
+    return s;
+}
+
+static void slot_close(fepd *d, session *s, int64_t now)
+{
+    sess_account(d, s, now);
+    if (d->once && s->kind == KIND_POLL && d->once_pending > 0)
+        d->once_pending--;
+    sys_close(s->fd);
+    s->fd = -1;
+    /* The key material does not outlive the session. */
+    memset(&s->key, 0, sizeof s->key);
+    frame_rx_reset(&s->rx);
+    s->tx_len = s->tx_off = 0;
+    d->slots_in_use--;
+    d->kind_in_use[s->kind]--;
+    if (s->kind == KIND_POLL || s->kind == KIND_PUSH)
+        d->sessions_active--;
+    d->stats.slots_released++;
+    d->closed_this_pass++;
+    s->state = SLOT_FREE;
+}
+
+/* Ends a slot at once: no flush, no linger (timeouts, I/O errors). */
+static void slot_abort(fepd *d, session *s, fep_err why)
+{
+    sess_end(d, s, why);
+    s->close_now = 1;
+}
+
+/* ------------------------------------------------------------------------
+ * Writing: tx drains as far as the socket takes it; a write that cannot
+ * progress for timeout_write ends the session (back-pressure, not growth).
+ * ---------------------------------------------------------------------- */
+
+static void slot_flush(fepd *d, session *s, int64_t now)
+{
+    int progressed = 0;
+
+    while (s->tx_off < s->tx_len) {
+        ssize_t n = sys_write(s->fd, s->tx + s->tx_off, s->tx_len - s->tx_off);
+        if (n > 0) {
+            s->tx_off += (size_t)n;
+            progressed = 1;
+            continue;
+        }
+        if (n == SYS_ERROR) {
+            log_msg(LOG_WARN, "write to %s: %s",
+                    s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "peer",
+                    strerror(errno));
+            slot_abort(d, s, FEP_ERR_IO);
+            return;
+        }
+        break;
+    }
+    if (s->tx_off == s->tx_len) {
+        s->tx_off = s->tx_len = 0;
+        s->write_deadline_ms = 0;
+    } else if (progressed || s->write_deadline_ms == 0) {
+        s->write_deadline_ms = now + d->cfg.timeout_write_ms;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Metrics connections
+ * ---------------------------------------------------------------------- */
+
+static void metrics_fill(fepd *d, session *s)
+{
+    size_t n;
+
+    if (s->tx_off < s->tx_len || s->state != SLOT_ACTIVE || !s->exchange_open)
+        return;
+    s->tx_off = s->tx_len = 0;
+    n = metrics_render(d, &s->metrics_cursor, (char *)s->tx, TX_BUF_SIZE);
+    if (n == 0)
+        sess_end(d, s, FEP_OK);
+    s->tx_len = n;
+}
+
+static void metrics_respond(fepd *d, session *s, int status)
+{
+    static const char ok[] = "HTTP/1.0 200 OK\r\n"
+                             "Content-Type: text/plain; version=0.0.4\r\n"
+                             "Connection: close\r\n\r\n";
+    const char *text = status == 404 ? "404 Not Found" :
+                       status == 405 ? "405 Method Not Allowed" : "400 Bad Request";
+    int n;
+
+    s->wait = WAIT_NONE;
+    if (status == 200) {
+        memcpy(s->tx, ok, sizeof ok - 1);
+        s->tx_len = sizeof ok - 1;
+        s->exchange_open = 1;           /* rendering: metrics_fill refills tx */
+        return;
+    }
+    n = snprintf((char *)s->tx, TX_BUF_SIZE,
+                 "HTTP/1.0 %s\r\nContent-Type: text/plain\r\n"
+                 "Connection: close\r\n\r\n%s\n", text, text);
+    s->tx_len = n > 0 ? (size_t)n : 0;
+    sess_end(d, s, FEP_OK);
+}
+
+static void metrics_read(fepd *d, session *s)
+{
+    size_t room = RX_BUF_SIZE - s->rx.end;
+    ssize_t n;
+    int status;
+
+    if (s->exchange_open)
+        return;                         /* the request is in; ignore the rest */
+    n = sys_read(s->fd, s->rx.buf + s->rx.end,
+                 room < METRICS_REQUEST_MAX ? room : METRICS_REQUEST_MAX);
+    if (n == SYS_AGAIN)
+        return;
+    if (n < 0) {
+        slot_abort(d, s, n == SYS_EOF ? FEP_ERR_CLOSED : FEP_ERR_IO);
+        return;
+    }
+    s->rx.end += (size_t)n;
+    status = metrics_parse_request(s->rx.buf, s->rx.end);
+    if (status != 0)
+        metrics_respond(d, s, status);
+}
+
+/* ------------------------------------------------------------------------
+ * Accepting and connecting
+ * ---------------------------------------------------------------------- */
+
+static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
+{
+    int i;
+
+    for (i = 0; i < ACCEPTS_PER_PASS; i++) {
+        sys_addr peer;
+        enum slot_kind kind;
+        session *s;
+        int fd = sys_accept(listen_fd, &peer);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                log_msg(LOG_WARN, "accept: %s", strerror(errno));
+            return;
+        }
+        if (metrics)
+            kind = d->kind_in_use[KIND_METRICS] < METRICS_SLOTS ? KIND_METRICS
+                                                                : KIND_REJECT;
+        else if (d->sessions_active < d->cfg.max_sessions)
+            kind = KIND_PUSH;
+        else
+            kind = KIND_REJECT;
+        if (d->stopping || (kind == KIND_REJECT &&
+                            (metrics || d->kind_in_use[KIND_REJECT] >= REJECT_SLOTS))) {
+            /* No slot at all: the peer sees the connection closed. */
+            d->stats.busy_rejected++;
+            sys_close(fd);
+            continue;
+        }
+        s = SLOT_OPEN(d, kind, fd, &peer, now);
+        s->wait = WAIT_IDLE;
+        s->io_deadline_ms = now + d->cfg.timeout_idle_ms;
+    }
+}
+
+static void start_poll(fepd *d, int i, int64_t now)
+{
+    const dcu_conf *dc = &d->cfg.dcus[i];
+    dcu_state *ds = &d->state.dcus[i];
+    int in_progress = 0;
+    int fd = sys_connect(&dc->addr, &in_progress);
+    session *s;
+
+    if (fd < 0) {
+        log_msg(LOG_WARN, "poll %s: connect to %s: %s", dc->id, dc->addr_text,
+                strerror(errno));
+        ds->sessions_failed++;
+        ds->last_error = FEP_ERR_CONNECT;
+        ds->cycle_result = -1;
+        d->stats.sessions_total[KIND_POLL][1]++;
+        if (d->once && d->once_pending > 0)
+            d->once_pending--;
+        return;
+    }
+    s = SLOT_OPEN(d, KIND_POLL, fd, &dc->addr, now);
+    sess_poll_start(d, s, i);
+    if (in_progress) {
+        s->state = SLOT_CONNECTING;
+        s->wait = WAIT_CONNECT;
+        s->io_deadline_ms = now + d->cfg.timeout_connect_ms;
+    } else {
+        sess_poll_connected(d, s);
+        slot_flush(d, s, now);
+    }
+}
+
+/* Starts the polls that are due, round-robin, while sessions are free. */
+static void schedule_polls(fepd *d, int64_t now)
+{
+    int64_t next_due = POLL_NEVER;
+    unsigned step;
+
+    if (now < d->next_due_ms || d->cfg.n_dcus == 0)
+        return;
+    for (step = 0; step < d->cfg.n_dcus; step++) {
+        unsigned i = d->poll_cursor;
+        dcu_state *ds = &d->state.dcus[i];
+
+        if (d->sessions_active >= d->cfg.max_sessions) {
+            d->next_due_ms = now;       /* scan again when a session ends */
+            return;
+        }
+        d->poll_cursor = (i + 1) % d->cfg.n_dcus;
+        if (!d->cfg.dcus[i].has_addr || ds->session >= 0)
+            continue;
+        if (ds->next_poll_ms > now) {
+            if (ds->next_poll_ms < next_due)
+                next_due = ds->next_poll_ms;
+            continue;
+        }
+        ds->next_poll_ms = d->once ? POLL_NEVER : now + d->cfg.poll_every_ms;
+        if (ds->next_poll_ms < next_due)
+            next_due = ds->next_poll_ms;
+        start_poll(d, (int)i, now);
+    }
+    d->next_due_ms = next_due;
+}
+
+/* ------------------------------------------------------------------------
+ * One slot's I/O
+ * ---------------------------------------------------------------------- */
+
+static void slot_connected(fepd *d, session *s, int64_t now)
+{
+    int err = sys_connect_result(s->fd);
+
+    if (err != 0) {
+        log_msg(LOG_WARN, "poll %s: connect to %s: %s", d->cfg.dcus[s->dcu].id,
+                d->cfg.dcus[s->dcu].addr_text, strerror(err));
+        slot_abort(d, s, FEP_ERR_CONNECT);
+        return;
+    }
+    s->wait = WAIT_NONE;
+    sess_poll_connected(d, s);
+    slot_flush(d, s, now);
+}
+
+static void slot_read(fepd *d, session *s, int64_t now)
+{
+    size_t room;
+    uint8_t *p = frame_rx_space(&s->rx, &room);
+    ssize_t n;
+
+    if (room == 0)
+        return;                         /* frames still held: taken below */
+    n = sys_read(s->fd, p, room);
+    if (n == SYS_AGAIN)
+        return;
+    if (n < 0) {
+        /* Frames that arrived before the end are still taken. */
+        sess_process(d, s);
+        if (s->state == SLOT_ACTIVE) {
+            if (n == SYS_ERROR)
+                log_msg(LOG_WARN, "read from %s: %s",
+                        s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "peer",
+                        strerror(errno));
+            slot_abort(d, s, n == SYS_EOF ? FEP_ERR_CLOSED : FEP_ERR_IO);
+        }
+        return;
+    }
+    frame_rx_commit(&s->rx, (size_t)n);
+    if (s->wait == WAIT_IDLE) {
+        /* The first byte of a push: from now on it is one frame's time. */
+        s->wait = WAIT_FRAME;
+        s->io_deadline_ms = now + d->cfg.timeout_frame_ms;
+    }
+    sess_process(d, s);
+}
+
+/* Closing politely: after our last frame, FIN, then wait (bounded) for the
+ * peer's, discarding what it still sends.  Closing at once could turn a
+ * NACK still in flight into a reset. */
+static void slot_linger_read(fepd *d, session *s)
+{
+    uint8_t sink[512];
+    ssize_t n = sys_read(s->fd, sink, sizeof sink);
+
+    (void)d;
+    if (n < 0)
+        s->close_now = 1;
+}
+
+static void slot_io(fepd *d, session *s, int readable, int writable,
+                    int64_t now)
+{
+    switch (s->state) {
+    case SLOT_CONNECTING:
+        if (readable || writable)
+            slot_connected(d, s, now);
+        break;
+    case SLOT_ACTIVE:
+        if (writable)
+            slot_flush(d, s, now);
+        if (readable && s->kind == KIND_METRICS)
+            metrics_read(d, s);
+        else if (readable)
+            slot_read(d, s, now);
+        break;
+    case SLOT_DRAINING:
+        if (writable)
+            slot_flush(d, s, now);
+        if (readable && s->shut_wr)
+            slot_linger_read(d, s);
+        break;
+    case SLOT_STORING:
+    case SLOT_FREE:
+        break;
+    }
+    if (s->kind == KIND_METRICS)
+        metrics_fill(d, s);
+    if (s->state != SLOT_FREE && s->state != SLOT_CONNECTING && !s->close_now)
+        slot_flush(d, s, now);
+}
+
+/* ------------------------------------------------------------------------
+ * Group commit, deadlines, reaping
+ * ---------------------------------------------------------------------- */
+
+/* One commit covers every packet read in this pass; frames a DCU sent
+ * behind a stored one are taken after it (and committed in turn). */
+static void commit_pass(fepd *d, int64_t now)
+{
+    unsigned i, storing;
+
+    do {
+        int ok;
+
+        storing = 0;
+        for (i = 0; i < d->n_slots; i++)
+            storing += d->slots[i].state == SLOT_STORING;
+        if (storing == 0)
+            return;
+        ok = store_commit(&d->store) == 0;
+        for (i = 0; i < d->n_slots; i++) {
+            session *s = &d->slots[i];
+            if (s->state != SLOT_STORING)
+                continue;
+            sess_committed(d, s, ok);
+            sess_process(d, s);
+            if (s->state != SLOT_STORING && !s->close_now)
+                slot_flush(d, s, now);
+        }
+    } while (storing > 0);
+}
+
+static void check_deadlines(fepd *d, session *s, int64_t now)
+{
+    if (s->state == SLOT_FREE || s->close_now)
+        return;
+    if (now >= s->session_deadline_ms) {
+        log_msg(LOG_WARN, "slot %u (opened at %s) held past timeout_session "
+                "(%lld ms): closing", (unsigned)(s - d->slots), s->opened_at,
+                (long long)(now - s->opened_ms));
+        d->stats.timeouts++;
+        slot_abort(d, s, FEP_ERR_TIMEOUT);
+    } else if (s->wait != WAIT_NONE && now >= s->io_deadline_ms) {
+        if (s->wait != WAIT_LINGER)
+            d->stats.timeouts++;
+        slot_abort(d, s, s->wait == WAIT_CONNECT ? FEP_ERR_CONNECT :
+                         s->wait == WAIT_LINGER ? FEP_OK : FEP_ERR_TIMEOUT);
+    } else if (s->write_deadline_ms != 0 && now >= s->write_deadline_ms) {
+        d->stats.timeouts++;
+        slot_abort(d, s, FEP_ERR_TIMEOUT);
+    }
+}
+
+static void reap(fepd *d, session *s, int64_t now)
+{
+    if (s->state != SLOT_DRAINING)
+        return;
+    if (s->close_now) {
+        slot_close(d, s, now);
+        return;
+    }
+    if (s->tx_off < s->tx_len || s->shut_wr)
+        return;
+    if (sys_shutdown_write(s->fd) != 0) {
+        slot_close(d, s, now);
+        return;
+    }
+    s->shut_wr = 1;
+    s->wait = WAIT_LINGER;
+    s->io_deadline_ms = now + (d->cfg.timeout_frame_ms < LINGER_MS_MAX
+                                   ? d->cfg.timeout_frame_ms : LINGER_MS_MAX);
+}
+
+/* ------------------------------------------------------------------------
+ * The loop
+ * ---------------------------------------------------------------------- */
+
+static int64_t slot_deadline(const session *s)
+{
+    int64_t t = s->session_deadline_ms;
+
+    if (s->wait != WAIT_NONE && s->io_deadline_ms < t)
+        t = s->io_deadline_ms;
+    if (s->write_deadline_ms != 0 && s->write_deadline_ms < t)
+        t = s->write_deadline_ms;
+    if (s->close_now || s->state == SLOT_STORING ||
+        (s->state == SLOT_DRAINING && s->tx_off == s->tx_len && !s->shut_wr))
+        t = 0;                          /* work for this very pass */
+    return t;
+}
+
+static void add_fd(int fd, fd_set *set, int *maxfd)
+{
+    FD_SET(fd, set);
+    if (fd > *maxfd)
+        *maxfd = fd;
+}
+
+/* Fills the sets; returns the nearest deadline. */
+static int64_t build_sets(fepd *d, fd_set *rfds, fd_set *wfds, int *maxfd)
+{
+    int64_t nearest = d->next_due_ms;
+    unsigned i;
+
+    FD_ZERO(rfds);
+    FD_ZERO(wfds);
+    *maxfd = -1;
+    if (!d->stopping && d->listen_fd >= 0)
+        add_fd(d->listen_fd, rfds, maxfd);
+    if (!d->stopping && d->metrics_fd >= 0)
+        add_fd(d->metrics_fd, rfds, maxfd);
+    for (i = 0; i < d->n_slots; i++) {
+        const session *s = &d->slots[i];
+        int64_t t;
+
+        if (s->state == SLOT_FREE)
+            continue;
+        if (s->state == SLOT_CONNECTING || s->tx_off < s->tx_len)
+            add_fd(s->fd, wfds, maxfd);
+        if (s->state == SLOT_ACTIVE || (s->state == SLOT_DRAINING && s->shut_wr))
+            add_fd(s->fd, rfds, maxfd);
+        t = slot_deadline(s);
+        if (t < nearest)
+            nearest = t;
+    }
+    return nearest;
+}
+
+static void begin_stop(fepd *d, int64_t now)
+{
+    unsigned i;
+
+    d->stopping = 1;
+    log_msg(LOG_INFO, "stopping: %u sessions open, %lld ms to finish",
+            d->sessions_active, (long long)d->cfg.timeout_frame_ms);
+    for (i = 0; i < d->n_slots; i++) {
+        session *s = &d->slots[i];
+        if (s->state != SLOT_FREE &&
+            s->session_deadline_ms > now + d->cfg.timeout_frame_ms)
+            s->session_deadline_ms = now + d->cfg.timeout_frame_ms;
+    }
+}
+
+static void log_stats(const fepd *d)
+{
+    sys_ledger l = sys_ledger_get();
+
+    log_msg(LOG_INFO,
+            "stats: sessions_active=%u poll_ok=%llu poll_error=%llu "
+            "push_ok=%llu push_error=%llu frames_received=%llu "
+            "frames_sent=%llu records_stored=%llu garbage_bytes=%llu "
+            "timeouts=%llu slots_in_use=%u slots_acquired=%llu "
+            "slots_released=%llu descriptors_open=%llu static_memory_bytes=%zu",
+            d->sessions_active,
+            (unsigned long long)d->stats.sessions_total[KIND_POLL][0],
+            (unsigned long long)d->stats.sessions_total[KIND_POLL][1],
+            (unsigned long long)d->stats.sessions_total[KIND_PUSH][0],
+            (unsigned long long)d->stats.sessions_total[KIND_PUSH][1],
+            (unsigned long long)d->stats.frames_received,
+            (unsigned long long)d->stats.frames_sent,
+            (unsigned long long)d->stats.records_stored,
+            (unsigned long long)d->stats.garbage_bytes,
+            (unsigned long long)d->stats.timeouts, d->slots_in_use,
+            (unsigned long long)d->stats.slots_acquired,
+            (unsigned long long)d->stats.slots_released,
+            (unsigned long long)(l.opened - l.closed), d->static_memory_bytes);
+}
+
+static void handle_signals(fepd *d, int64_t now)
+{
+    if (signal_stop && !d->stopping)
+        begin_stop(d, now);
+    if (signal_hup) {
+        signal_hup = 0;
+        log_msg(LOG_INFO, "SIGHUP: reopening the output files");
+        store_reopen(&d->store);
+    }
+    if (signal_usr1) {
+        signal_usr1 = 0;
+        log_stats(d);
+    }
+}
+
+/* Runs until stopped (a signal, or --once with every cycle done). */
+static void run(fepd *d)
+{
+    for (;;) {
+        fd_set rfds, wfds;
+        int64_t now = sys_now_ms(), nearest, wait_ms;
+        struct timeval tv;
+        int maxfd, n;
+        unsigned i;
+
+        handle_signals(d, now);
+        if (d->once && !d->stopping && d->once_pending == 0)
+            begin_stop(d, now);
+        if (!d->stopping)
+            schedule_polls(d, now);
+        if (d->stopping && d->slots_in_use == 0)
+            return;
+
+        nearest = build_sets(d, &rfds, &wfds, &maxfd);
+        wait_ms = nearest - now;
+        if (wait_ms < 0)
+            wait_ms = 0;
+        if (wait_ms > SELECT_WAIT_MS_MAX)
+            wait_ms = SELECT_WAIT_MS_MAX;
+        tv.tv_sec = (time_t)(wait_ms / 1000);
+        tv.tv_usec = (long)(wait_ms % 1000) * 1000;
+        n = select(maxfd + 1, &rfds, &wfds, NULL, &tv);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_msg(LOG_ERROR, "select: %s", strerror(errno));
+            abort();                    /* only a bad descriptor: a bug */
+        }
+        now = sys_now_ms();
+        d->closed_this_pass = 0;
+        if (d->listen_fd >= 0 && FD_ISSET(d->listen_fd, &rfds))
+            accept_on(d, d->listen_fd, 0, now);
+        if (d->metrics_fd >= 0 && FD_ISSET(d->metrics_fd, &rfds))
+            accept_on(d, d->metrics_fd, 1, now);
+        for (i = 0; i < d->n_slots; i++) {
+            session *s = &d->slots[i];
+            if (s->state == SLOT_FREE || s->fd < 0 || s->fd > maxfd)
+                continue;
+            slot_io(d, s, FD_ISSET(s->fd, &rfds), FD_ISSET(s->fd, &wfds), now);
+        }
+        commit_pass(d, now);
+        for (i = 0; i < d->n_slots; i++) {
+            check_deadlines(d, &d->slots[i], now);
+            reap(d, &d->slots[i], now);
+        }
+        if (d->closed_this_pass > 0 && d->state.dirty)
+            state_save(&d->state, &d->cfg);
+        if (d->closed_this_pass > 0 && d->next_due_ms > now)
+            d->next_due_ms = d->sessions_active < d->cfg.max_sessions ? now
+                                                                       : d->next_due_ms;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Start-up and shutdown
+ * ---------------------------------------------------------------------- */
+
+static int open_listener(const sys_addr *a, const char *what)
+{
+    char text[80];
+    int fd = sys_listen(a, LISTEN_BACKLOG);
+
+    sys_addr_str(a, text, sizeof text);
+    if (fd < 0)
+        log_msg(LOG_ERROR, "%s %s: %s", what, text, strerror(errno));
+    else
+        log_msg(LOG_INFO, "%s on %s", what, text);
+    return fd;
+}
+
+static int start_listeners(fepd *d)
+{
+    d->listen_fd = d->metrics_fd = -1;
+    if (d->cfg.has_listen) {
+        d->listen_fd = open_listener(&d->cfg.listen, "listening for push sessions");
+        if (d->listen_fd < 0)
+            return -1;
+    }
+    if (d->cfg.has_metrics) {
+        d->metrics_fd = open_listener(&d->cfg.metrics, "metrics");
+        if (d->metrics_fd < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void stop_listeners(fepd *d)
+{
+    sys_close(d->listen_fd);
+    sys_close(d->metrics_fd);
+    d->listen_fd = d->metrics_fd = -1;
+}
+
+static size_t static_memory(const fepd *d)
+{
+    const fep_config *c = &d->cfg;
+
+    return sizeof *d + d->n_slots * sizeof(session) +
+           c->n_dcus * (sizeof(dcu_conf) + sizeof(unsigned)) +
+           d->state.n_dcus * sizeof(dcu_state) +
+           d->state.n_keys * sizeof(key_state) + d->state.save_cap;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* Everything allocated at start-up, in one function; 0, or an exit code. */
+static int start(fepd *d)
+{
+    char err[512];
+    unsigned i;
+
+    d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
+    d->slots = calloc(d->n_slots, sizeof *d->slots);
+    if (!d->slots) {
+        log_msg(LOG_ERROR, "cannot allocate %u slots", d->n_slots);
+        return 3;
+    }
+    for (i = 0; i < d->n_slots; i++)
+        d->slots[i].fd = -1;
+    if (state_open(&d->state, &d->cfg, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 3;
+    }
+    if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
+                   sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 3;
+    }
+    if (start_listeners(d) != 0)
+        return 3;
+    for (i = 0; i < d->cfg.n_dcus; i++) {
+        d->state.dcus[i].next_qsn = 1;
+        if (d->cfg.dcus[i].has_addr)
+            d->once_pending++;
+    }
+    d->static_memory_bytes = static_memory(d);
+    log_msg(LOG_INFO, "fepd %s: %u DCUs, %u slots (%zu bytes each), "
+            "static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
+            d->n_slots, sizeof(session), d->static_memory_bytes);
+    return 0;
+}
+
+static void finish(fepd *d)
+{
+    sys_ledger l;
+
+    stop_listeners(d);
+    store_close(&d->store);
+    if (d->state.dcus && state_save(&d->state, &d->cfg) != 0)
+        log_msg(LOG_ERROR, "state not saved; see above");
+    l = sys_ledger_get();
+    log_msg(l.opened == l.closed && d->stats.slots_acquired ==
+                                        d->stats.slots_released ? LOG_INFO : LOG_ERROR,
+            "ledger: slots acquired=%llu released=%llu, descriptors "
+            "opened=%llu closed=%llu",
+            (unsigned long long)d->stats.slots_acquired,
+            (unsigned long long)d->stats.slots_released,
+            (unsigned long long)l.opened, (unsigned long long)l.closed);
+}
+
+/* --once: 0 when every DCU's cycle succeeded, else 1 with their names. */
+static int once_summary(const fepd *d)
+{
+    unsigned i, ok = 0, failed = 0;
+
+    for (i = 0; i < d->cfg.n_dcus; i++) {
+        const dcu_state *ds = &d->state.dcus[i];
+        if (!d->cfg.dcus[i].has_addr)
+            continue;
+        if (ds->cycle_result == 1) {
+            ok++;
+            continue;
+        }
+        failed++;
+        log_msg(LOG_ERROR, "--once: %s failed: %s", d->cfg.dcus[i].id,
+                ds->cycle_result == 0 ? "not polled (stopped)"
+                                      : fep_strerror(ds->last_error));
+    }
+    log_msg(failed ? LOG_ERROR : LOG_INFO, "--once: %u DCUs polled, %u ok, "
+            "%u failed", ok + failed, ok, failed);
+    return failed ? 1 : 0;
+}
+
+static void usage(FILE *out)
+{
+    fputs("usage: fepd -c FILE [--once | --check] [-v | -q]\n"
+          "  -c FILE    the config file (see README)\n"
+          "  --once     one poll cycle of every DCU that has an address, then exit\n"
+          "             (exit 1 when a cycle failed)\n"
+          "  --check    validate the config and exit\n"
+          "  -v         more logging (-v -v: every frame in hex)\n"
+          "  -q         errors only\n"
+          "  -h         this help\n"
+          "exit: 0 ok, 1 --once with a failed cycle, 2 usage or config, "
+          "3 start-up failure\n"
+          "signals: TERM/INT stop, HUP reopen output files, USR1 statistics\n",
+          out);
+}
+
+int main(int argc, char **argv)
+{
+    static fepd daemon;                 /* large (CSV buffers): not on the stack */
+    fepd *d = &daemon;
+    const char *config_path = NULL;
+    int check = 0, level = LOG_INFO, i, rc;
+    char err[512];
+
+    log_set_name("fepd");
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (strcmp(argv[i], "--once") == 0) {
+            d->once = 1;
+        } else if (strcmp(argv[i], "--check") == 0) {
+            check = 1;
+        } else if (strcmp(argv[i], "-v") == 0) {
+            level++;
+        } else if (strcmp(argv[i], "-q") == 0) {
+            level = LOG_ERROR;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "fepd: unknown or incomplete option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path || (check && d->once)) {
+        fprintf(stderr, "fepd: %s\n", config_path ? "--check and --once exclude "
+                "each other" : "-c FILE is required");
+        usage(stderr);
+        return 2;
+    }
+    log_set_level(level > LOG_DEBUG ? LOG_DEBUG : level);
+    if (config_load(config_path, &d->cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "fepd: %s\n", err);
+        return 2;
+    }
+    if (check) {
+        printf("%s: ok (%u DCUs)\n", config_path, d->cfg.n_dcus);
+        config_release(&d->cfg);
+        return 0;
+    }
+    install_signals();
+    rc = start(d);
+    if (rc == 0) {
+        alloc_seal(1);
+        run(d);
+        alloc_seal(0);
+        alloc_report();
+        rc = d->once ? once_summary(d) : 0;
+    }
+    finish(d);
+    state_release(&d->state);
+    config_release(&d->cfg);
+    free(d->slots);
+    return rc;
+}

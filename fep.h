@@ -1,0 +1,718 @@
+/*
+ * fep.h -- the limits, types and interfaces shared by fepd, dcusim, the
+ * tests and the benchmark.
+ *
+ * Owns: nothing at run time.  Every limit of the program is defined here,
+ * with what it costs in memory, and the relations between limits are checked
+ * at compile time (FEP_STATIC_ASSERT below).  There are no global variables
+ * behind these declarations except the ones a file names in its own top
+ * comment (the log level in sys.c, the descriptor ledger in sys.c).
+ *
+ * Byte order: every integer on the wire is big-endian.  Use the get_/put_
+ * helpers below; never cast a buffer to a struct.
+ */
+#ifndef FEP_H
+#define FEP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/select.h>
+
+/* C99 compile-time assertion: a negative array size fails the build. */
+#define FEP_GLUE2(a, b) a##b
+#define FEP_GLUE(a, b) FEP_GLUE2(a, b)
+#define FEP_STATIC_ASSERT(cond, name) \
+    typedef char FEP_GLUE(static_assert_##name##_, __LINE__)[(cond) ? 1 : -1]
+
+/* ------------------------------------------------------------------------
+ * Protocol limits (PROTOCOL.md section 2)
+ * ---------------------------------------------------------------------- */
+
+#define FRAME_HEADER_SIZE 30
+#define FRAME_CRC_SIZE 2
+#define FRAME_LEN_MIN 2                 /* LEN = DATA + CRC */
+#define FRAME_LEN_MAX 2018
+#define FRAME_SIZE_MAX (FRAME_HEADER_SIZE + FRAME_LEN_MAX)          /* 2048 */
+#define FRAME_DATA_MAX (FRAME_LEN_MAX - FRAME_CRC_SIZE)             /* 2016 */
+#define FRAME_ID_SIZE 8
+#define FRAME_SOF 0x7E
+#define FRAME_VERSION 0x01
+
+/* Header offsets */
+#define HDR_SOF 0
+#define HDR_VER 1
+#define HDR_CTL 2
+#define HDR_CMD 3
+#define HDR_SID 4
+#define HDR_DID 12
+#define HDR_QSN 20
+#define HDR_MSN 22
+#define HDR_FSN 24
+#define HDR_RSV 26
+#define HDR_LEN 27
+#define HDR_HCS 29
+
+/* CTL bits */
+#define CTL_DIR_DCU 0x80                /* 1 = DCU->FEP */
+#define CTL_SEC 0x40                    /* DATA is protected */
+#define CTL_LAST 0x20                   /* last packet of a response */
+#define CTL_RESERVED 0x1F               /* must be zero */
+
+/* Security (PROTOCOL.md section 4) */
+#define KEY_SIZE 16
+#define SEC_IC_SIZE 4
+#define SEC_TAG_SIZE 12
+#define SEC_OVERHEAD (SEC_IC_SIZE + SEC_TAG_SIZE)                  /* 16 */
+#define GCM_IV_SIZE 12
+#define GCM_TAG_FULL 16
+
+/* Largest plaintext payload of one frame */
+#define PAYLOAD_MAX_PLAIN FRAME_DATA_MAX                          /* 2016 */
+#define PAYLOAD_MAX_SEC (FRAME_DATA_MAX - SEC_OVERHEAD)           /* 2000 */
+
+/* Payload layouts (PROTOCOL.md section 3) */
+#define METER_ID_SIZE 12
+#define LP_REQ_SIZE 8                   /* from u32, to u32 */
+#define LP_RECORD_SIZE 26               /* meter 12, ts 4, imp 4, exp 4, st 2 */
+#define METER_ITEM_SIZE 17              /* meter 12, u8, u32 (M and N) */
+#define DCU_STATUS_SIZE 14
+#define NACK_SIZE 1
+#define ITEM_COUNT_MAX 255              /* count is a u8 */
+/* Items that fit in one packet: count byte + items <= payload maximum. */
+#define LP_RECORDS_MAX_PLAIN ((PAYLOAD_MAX_PLAIN - 1) / LP_RECORD_SIZE) /* 77 */
+#define LP_RECORDS_MAX_SEC ((PAYLOAD_MAX_SEC - 1) / LP_RECORD_SIZE)     /* 76 */
+#define METER_ITEMS_MAX_PLAIN ((PAYLOAD_MAX_PLAIN - 1) / METER_ITEM_SIZE) /* 118 */
+#define METER_ITEMS_MAX_SEC ((PAYLOAD_MAX_SEC - 1) / METER_ITEM_SIZE)     /* 117 */
+
+/* Receiver rules (PROTOCOL.md section 5) */
+#define GARBAGE_MAX 2048                /* more than this on one connection: close */
+#define CRC_STRIKES_MAX 3               /* the third consecutive mismatch closes */
+
+/* Commands (PROTOCOL.md section 3) */
+enum fep_cmd {
+    CMD_LP_REQ = 'k',
+    CMD_DCU_STATUS_REQ = 's',
+    CMD_METER_STATUS_REQ = 'm',
+    CMD_METER_CHANGE_REQ = 'n',
+    CMD_LP_RSP = 'K',
+    CMD_DCU_STATUS_RSP = 'S',
+    CMD_METER_STATUS_RSP = 'M',
+    CMD_METER_CHANGE_RSP = 'N',
+    CMD_ACK = 'A',
+    CMD_NACK = 'a'
+};
+
+/*
+ * One error enum for the whole program.  Values 1..10 are the NACK codes of
+ * PROTOCOL.md section 5 and go on the wire as they are; the others never do.
+ */
+typedef enum fep_err {
+    FEP_OK = 0,
+    FEP_ERR_CRC = 0x01,
+    FEP_ERR_HEADER = 0x02,
+    FEP_ERR_LENGTH = 0x03,
+    FEP_ERR_SECURITY = 0x04,
+    FEP_ERR_REPLAY = 0x05,
+    FEP_ERR_UNKNOWN = 0x06,
+    FEP_ERR_COMMAND = 0x07,
+    FEP_ERR_SEQUENCE = 0x08,
+    FEP_ERR_STORE = 0x09,
+    FEP_ERR_BUSY = 0x0A,
+    FEP_NACK_CODE_MAX = 0x0A,
+    /* Local conditions, never sent. */
+    FEP_ERR_GARBAGE = 0x20,             /* more than GARBAGE_MAX garbage bytes */
+    FEP_ERR_TIMEOUT,                    /* a deadline expired */
+    FEP_ERR_IO,                         /* a system call failed (errno logged) */
+    FEP_ERR_CLOSED,                     /* the peer closed the connection */
+    FEP_ERR_NACKED,                     /* the peer answered with a NACK */
+    FEP_ERR_NOSPACE,                    /* a caller's buffer is too small */
+    FEP_ERR_CONNECT,                    /* the connection could not be made */
+    FEP_ERR_SHUTDOWN                    /* the process is stopping */
+} fep_err;
+
+/* A short English phrase ("CRC mismatch"); never NULL. */
+const char *fep_strerror(fep_err err);
+/* The metrics label of a NACK code ("crc" ... "busy"), or "other". */
+const char *fep_nack_name(unsigned code);
+
+/* ------------------------------------------------------------------------
+ * Endian-free codecs
+ * ---------------------------------------------------------------------- */
+
+static inline uint16_t get_u16be(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | (unsigned)p[1]);
+}
+
+static inline uint32_t get_u32be(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline void put_u16be(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void put_u32be(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* ------------------------------------------------------------------------
+ * crypto.c -- AES-128 (encryption direction), GHASH, AES-128-GCM,
+ * CRC-16/X-25 and the header XOR check.  No allocation; caller-owned
+ * contexts; no secret-dependent table lookups or branches.
+ * ---------------------------------------------------------------------- */
+
+/* Expanded AES-128 key, in whatever form crypto.c computes fastest. */
+typedef struct aes128 {
+    /* 11 round keys, bitsliced and compressed to 2 words each: 176 bytes. */
+    uint64_t sk[22];
+} aes128;
+
+/* A GCM key: the expanded AES key and the hash subkey H = AES_K(0^128). */
+typedef struct gcm_key {
+    aes128 aes;
+    uint64_t h_hi, h_lo;                /* H, big-endian halves; 192 bytes in all */
+} gcm_key;
+
+void aes128_init(aes128 *ctx, const uint8_t key[KEY_SIZE]);
+void aes128_encrypt(const aes128 *ctx, const uint8_t in[16], uint8_t out[16]);
+
+void gcm_init(gcm_key *gk, const uint8_t key[KEY_SIZE]);
+/*
+ * Encrypts len bytes of plain into cipher (which may be plain itself) and
+ * writes tag_len (1..16) bytes of the tag.  iv is 12 bytes.
+ */
+void gcm_seal(const gcm_key *gk, const uint8_t iv[GCM_IV_SIZE],
+              const uint8_t *aad, size_t aad_len,
+              const uint8_t *plain, size_t len, uint8_t *cipher,
+              uint8_t *tag, size_t tag_len);
+/*
+ * Checks the tag first (constant time); only if it verifies, decrypts len
+ * bytes of cipher into plain (which may be cipher itself).  Returns 0 when the
+ * tag verifies, -1 when it does not (plain is then left untouched).
+ */
+int gcm_open(const gcm_key *gk, const uint8_t iv[GCM_IV_SIZE],
+             const uint8_t *aad, size_t aad_len,
+             const uint8_t *cipher, size_t len, uint8_t *plain,
+             const uint8_t *tag, size_t tag_len);
+
+/* CRC-16/X-25 (poly 0x1021 reflected, init 0xFFFF, xorout 0xFFFF), check 0x906E. */
+uint16_t crc16_x25(const uint8_t *p, size_t n);
+/* The header check: XOR of n bytes. */
+uint8_t hcs_xor(const uint8_t *p, size_t n);
+
+/* ------------------------------------------------------------------------
+ * frame.c -- the frame parser and encoder, and the payload codecs.
+ * Pure functions over caller buffers: no I/O, no allocation.
+ * ---------------------------------------------------------------------- */
+
+/* A decoded frame.  The pointers point into the buffer that was scanned and
+ * stay valid only while that buffer is not modified. */
+typedef struct frame {
+    uint8_t ctl;
+    uint8_t cmd;
+    uint8_t sid[FRAME_ID_SIZE];
+    uint8_t did[FRAME_ID_SIZE];
+    uint16_t qsn, msn, fsn;
+    uint16_t len;                       /* LEN field: DATA + CRC */
+    const uint8_t *raw;                 /* the frame, header first */
+    const uint8_t *data;                /* DATA = raw + 30 */
+    size_t data_len;                    /* LEN - 2 */
+} frame;
+
+typedef enum frame_result {
+    FRAME_NEED_MORE = 0,                /* no complete frame yet */
+    FRAME_READY,                        /* *f holds a frame whose CRC verified */
+    FRAME_BAD_CRC,                      /* *f holds the header; frame consumed */
+    FRAME_BAD_LENGTH                    /* *f holds the header; LEN out of range */
+} frame_result;
+
+/*
+ * Looks at buf[0..len) for the next frame.  Bytes before a SOF, and the SOF
+ * of a header that is not valid, are garbage: they are skipped (*skipped
+ * counts them) and are part of *consumed.  On FRAME_READY and FRAME_BAD_CRC,
+ * *consumed also covers the whole frame; on FRAME_BAD_LENGTH it covers the
+ * header; on FRAME_NEED_MORE it covers only the garbage, so that a partial
+ * frame stays at the front.  Never reads outside buf[0..len).
+ */
+frame_result frame_scan(const uint8_t *buf, size_t len, frame *f,
+                        size_t *consumed, size_t *skipped);
+
+/*
+ * The receive side of a connection: a fixed buffer of twice the largest
+ * frame, so that after compaction there is always room for a whole frame.
+ * Owns its buffer; frames returned by frame_rx_next point into it and stay
+ * valid until the next call to frame_rx_space or frame_rx_next.
+ */
+#define RX_BUF_SIZE (2 * FRAME_SIZE_MAX)                    /* 4096 bytes */
+typedef struct frame_rx {
+    uint8_t buf[RX_BUF_SIZE];
+    size_t start;                       /* first byte not yet consumed */
+    size_t end;                         /* one past the last byte received */
+    size_t pending;                     /* bytes to consume at the next call */
+    uint32_t garbage;                   /* garbage bytes seen on this connection */
+} frame_rx;
+
+void frame_rx_reset(frame_rx *rx);
+/* Where the next read goes, and how much fits there (never 0). */
+uint8_t *frame_rx_space(frame_rx *rx, size_t *room);
+void frame_rx_commit(frame_rx *rx, size_t n);
+/* The next frame or condition, as frame_scan; garbage is added to rx->garbage. */
+frame_result frame_rx_next(frame_rx *rx, frame *f);
+/* Bytes held that are not yet consumed (a partial frame, for example). */
+size_t frame_rx_held(const frame_rx *rx);
+
+/* What a sender puts in a header; SOF, VER, RSV, LEN, HCS are computed. */
+typedef struct frame_hdr {
+    uint8_t ctl;                        /* DIR and LAST; SEC is set by the encoder */
+    uint8_t cmd;
+    uint8_t sid[FRAME_ID_SIZE];
+    uint8_t did[FRAME_ID_SIZE];
+    uint16_t qsn, msn, fsn;
+} frame_hdr;
+
+/*
+ * Writes a whole frame into out[0..cap): plaintext when key is NULL, else
+ * protected with invocation counter ic (PROTOCOL.md section 4 sender order).
+ * Returns the frame size, or 0 when the payload is too long or the frame
+ * does not fit in cap (out is then unspecified).
+ */
+size_t frame_encode(uint8_t *out, size_t cap, const frame_hdr *h,
+                    const uint8_t *payload, size_t payload_len,
+                    const gcm_key *key, uint32_t ic);
+
+/*
+ * Verifies and decrypts the DATA of a protected frame into plain (room for
+ * f->data_len bytes).  FEP_OK: *plain_len and *ic are set.  FEP_ERR_SECURITY:
+ * DATA shorter than IC + TAG, or the tag does not verify.
+ */
+fep_err frame_open(const frame *f, const gcm_key *key, uint8_t *plain,
+                   size_t *plain_len, uint32_t *ic);
+
+/* Sets an 8-byte id from a string of 1..8 characters, right-padded with spaces. */
+void frame_id_set(uint8_t id[FRAME_ID_SIZE], const char *s);
+/* Writes the id without its padding spaces, NUL-terminated; returns the length. */
+size_t frame_id_str(const uint8_t id[FRAME_ID_SIZE], char out[FRAME_ID_SIZE + 1]);
+
+/* Payload codecs.  payload_check says whether len fits cmd's layout:
+ * FEP_OK, FEP_ERR_LENGTH, or FEP_ERR_COMMAND for an unknown command. */
+fep_err payload_check(uint8_t cmd, const uint8_t *p, size_t len);
+/* The size of a payload of cmd carrying count items (K, M, N) or its fixed size. */
+size_t payload_size(uint8_t cmd, unsigned count);
+
+typedef struct lp_record {
+    uint8_t meter_id[METER_ID_SIZE];
+    uint32_t ts;
+    uint32_t import_wh;
+    uint32_t export_wh;
+    uint16_t status;
+} lp_record;
+
+/* M (status, last_seen) and N (change, ts) share one layout. */
+typedef struct meter_item {
+    uint8_t meter_id[METER_ID_SIZE];
+    uint8_t code;
+    uint32_t ts;
+} meter_item;
+
+typedef struct dcu_status {
+    uint16_t fw_version;
+    uint32_t uptime_s;
+    uint32_t clock;
+    uint16_t meter_count;
+    uint16_t flags;
+} dcu_status;
+
+/* Item i of a K payload (p points at the payload, count byte first). */
+void lp_record_get(const uint8_t *p, unsigned i, lp_record *r);
+void lp_record_put(uint8_t *p, unsigned i, const lp_record *r);
+void meter_item_get(const uint8_t *p, unsigned i, meter_item *m);
+void meter_item_put(uint8_t *p, unsigned i, const meter_item *m);
+void dcu_status_get(const uint8_t *p, dcu_status *s);
+void dcu_status_put(uint8_t *p, const dcu_status *s);
+void lp_req_get(const uint8_t *p, uint32_t *from, uint32_t *to);
+void lp_req_put(uint8_t *p, uint32_t from, uint32_t to);
+
+/* ------------------------------------------------------------------------
+ * sys.c -- the portability seam: every system call fepd and dcusim make on
+ * descriptors goes through here, so that the descriptor ledger counts them
+ * and a test build (-DFEP_FAULT) can make any of them fail.
+ * ---------------------------------------------------------------------- */
+
+typedef struct sys_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+} sys_addr;
+
+/* Monotonic milliseconds (deadlines) and wall-clock seconds (CSV times). */
+int64_t sys_now_ms(void);
+int64_t sys_wall_s(void);
+
+/* "host:port", "[v6]:port" or "name:port" -> address (resolves now, once).
+ * Returns 0, or -1 with a message in err. */
+int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen);
+/* Writes "ip:port" of a into out. */
+void sys_addr_str(const sys_addr *a, char *out, size_t outlen);
+
+/* Sockets: non-blocking, close-on-exec, SIGPIPE suppressed.  Each returns
+ * the descriptor or -1 with errno set. */
+int sys_listen(const sys_addr *a, int backlog);
+/* Starts a connect; 0 in *in_progress when it completed at once. */
+int sys_connect(const sys_addr *a, int *in_progress);
+/* After a connect became writable: 0 connected, else the errno of the failure. */
+int sys_connect_result(int fd);
+/* -1 with errno EAGAIN/EWOULDBLOCK when nothing is pending. */
+int sys_accept(int listen_fd, sys_addr *peer);
+
+#define SYS_AGAIN 0                     /* would block, or interrupted: try later */
+#define SYS_ERROR (-1)                  /* errno says why */
+#define SYS_EOF (-2)                    /* the peer closed (read only) */
+/* > 0: bytes moved; else SYS_AGAIN, SYS_ERROR or SYS_EOF. */
+ssize_t sys_read(int fd, void *buf, size_t n);
+ssize_t sys_write(int fd, const void *buf, size_t n);
+int sys_close(int fd);
+/* Half-close: no more writes (our FIN), reads go on. */
+int sys_shutdown_write(int fd);
+
+/* Files (blocking; regular files only).  -1 with errno on failure. */
+int sys_open(const char *path, int flags, int mode);
+/* Writes all n bytes or fails; a short write leaves errno set (ENOSPC). */
+int sys_write_all(int fd, const void *buf, size_t n);
+int sys_fsync(int fd);
+int sys_rename(const char *from, const char *to);
+int sys_ftruncate(int fd, off_t size);
+/* Creates a directory and its missing parents, as mkdir -p. */
+int sys_mkdir(const char *path);
+/* fsync of the directory that holds path, so that a rename is durable. */
+int sys_fsync_dir(const char *dir);
+
+/* Descriptor ledger: descriptors opened and closed through sys_*. */
+typedef struct sys_ledger {
+    uint64_t opened;
+    uint64_t closed;
+} sys_ledger;
+sys_ledger sys_ledger_get(void);
+
+#ifdef FEP_FAULT
+/* Test builds: make call number n (1-based) of an operation fail.
+ * spec: "OP:N:ERR" with OP in read write accept connect open fsync rename,
+ * ERR in EINTR EAGAIN SHORT ECONNRESET ENOSPC EMFILE; read from $FEP_FAULT. */
+int sys_fault_set(const char *spec);
+#endif
+
+/* Logging to stderr, one line per call, line-buffered; never blocks long
+ * because stderr is a terminal, a file or a pipe drained by the caller. */
+enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+void log_set_level(int level);
+/* The program name at the start of each line ("fepd", "dcusim"). */
+void log_set_name(const char *name);
+int log_get_level(void);
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void log_msg(int level, const char *fmt, ...);
+/* A hex dump of p[0..n) at LOG_DEBUG, prefixed with what. */
+void log_hex(const char *what, const uint8_t *p, size_t n);
+
+
+/* ========================================================================
+ * fepd.  What follows is shared by fep.c (the loop), session.c (the
+ * protocol state machine), config.c, store.c (CSV files), state.c (ICs and
+ * per-DCU statistics) and metrics.c.
+ * ====================================================================== */
+
+/* Limits, each with its memory cost. */
+#define POLL_CMDS_MAX 4                 /* k s m n */
+#define PATH_SIZE 256                   /* data_dir, state_dir and file names */
+#define LISTEN_BACKLOG 128
+#define FD_RESERVED 32                  /* stdio, listeners, CSV and state files */
+#define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED)
+#define REJECT_SLOTS 8                  /* extra slots that only answer NACK BUSY */
+#define METRICS_SLOTS 4                 /* concurrent GET /metrics connections */
+#define TX_BUF_SIZE (2 * FRAME_SIZE_MAX) /* 4096 bytes a slot: an ACK and the next request */
+#define STORE_BUF_SIZE (64 * 1024)      /* a CSV file's rows of one loop pass, 64 KiB each */
+#define IC_RESERVE_BLOCK 65536          /* ICs reserved on disk ahead of use */
+#define CSV_ROW_MAX 192                 /* longest row of any file, quoting included */
+#define METRICS_REQUEST_MAX 1024        /* a request line and headers */
+
+FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_holds_two_frames);
+FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, tx_holds_ack_and_request);
+FEP_STATIC_ASSERT(SESSIONS_MAX + REJECT_SLOTS + METRICS_SLOTS < FD_SETSIZE - 8,
+                  slots_fit_select);
+FEP_STATIC_ASSERT(STORE_BUF_SIZE >= LP_RECORDS_MAX_PLAIN * CSV_ROW_MAX,
+                  store_buffer_holds_a_packet);
+FEP_STATIC_ASSERT(METRICS_REQUEST_MAX <= RX_BUF_SIZE, metrics_request_fits);
+
+/* ---- config.c ---- */
+
+typedef struct dcu_conf {
+    char id[FRAME_ID_SIZE + 1];         /* as written, without padding */
+    uint8_t sid[FRAME_ID_SIZE];         /* padded, as on the wire */
+    int has_addr;
+    sys_addr addr;
+    char addr_text[64];                 /* as written, for messages */
+    int has_key;
+    uint8_t key[KEY_SIZE];
+    char poll[POLL_CMDS_MAX + 1];       /* request letters in order, "k" by default */
+    unsigned line;                      /* line of the config file */
+} dcu_conf;
+
+typedef struct fep_config {
+    char fep_id[FRAME_ID_SIZE + 1];
+    uint8_t sid[FRAME_ID_SIZE];
+    int has_listen;
+    sys_addr listen;
+    int has_metrics;
+    sys_addr metrics;
+    char data_dir[PATH_SIZE];
+    char state_dir[PATH_SIZE];
+    unsigned max_sessions;
+    int64_t poll_every_ms;
+    int sync_packet;                    /* 1: fsync before every ACK */
+    int64_t timeout_connect_ms;
+    int64_t timeout_frame_ms;
+    int64_t timeout_write_ms;
+    int64_t timeout_idle_ms;
+    int64_t timeout_session_ms;
+    dcu_conf *dcus;                     /* n_dcus entries, allocated by config_load */
+    unsigned *by_sid;                   /* indices of dcus sorted by sid */
+    unsigned n_dcus;
+} fep_config;
+
+/* Reads and checks the whole file; allocates the DCU arrays once.  On error
+ * returns -1 with "FILE:LINE: problem" in err and nothing allocated. */
+int config_load(const char *path, fep_config *cfg, char *err, size_t errlen);
+/* Index of the DCU whose SID is sid, or -1. */
+int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
+void config_release(fep_config *cfg);
+
+/* ---- store.c: the CSV files of DESIGN.md section 4, with group commit ---- */
+
+enum store_file {
+    STORE_LP, STORE_DCU_STATUS, STORE_METER_STATUS, STORE_METER_CHANGE,
+    STORE_FILES
+};
+
+typedef struct store_out {
+    int fd;                             /* -1 while closed or failed */
+    off_t committed;                    /* size known durable (or written, sync none) */
+    dev_t dev;                          /* identity of the open file, to notice */
+    ino_t ino;                          /* a file replaced under fepd */
+    size_t used;                        /* bytes in buf not yet written */
+    size_t written;                     /* bytes written this pass, not yet committed */
+    uint8_t buf[STORE_BUF_SIZE];
+} store_out;
+
+typedef struct store {
+    char dir[PATH_SIZE];
+    int sync_packet;
+    int pass_failed;                    /* a write of this pass failed */
+    uint64_t rows_pending;              /* rows added since the last commit */
+    store_out out[STORE_FILES];
+} store;
+
+/* Creates data_dir if needed, opens (creating with a header line) the four
+ * files, and cuts a torn last line left by a crash.  0, or -1 with err. */
+int store_open(store *s, const char *data_dir, int sync_packet, char *err,
+               size_t errlen);
+/* Formats the rows of one checked packet (plaintext payload of K, S, M or N)
+ * into the pass buffers.  Returns the number of rows, or -1 when the store
+ * cannot take them (the caller answers NACK STORE). */
+int store_add(store *s, const char *dcu_id, uint8_t cmd, const uint8_t *payload,
+              size_t len, uint16_t qsn, uint16_t fsn, int64_t received_at);
+/* Writes every pending row (one write per file) and, with sync packet, one
+ * fsync per file.  0: every row added since the last commit is durable.
+ * -1: none of them counts (each file is cut back to its committed size). */
+int store_commit(store *s);
+/* SIGHUP: close and reopen the files (for logrotate). */
+void store_reopen(store *s);
+void store_close(store *s);
+
+/* ---- state.c: ICs and per-DCU statistics, in state_dir/fepd.state ---- */
+
+typedef struct key_state {
+    uint8_t kcv[8];                     /* AES_K(0^128), first 8 bytes: names the key on disk */
+    uint32_t tx_ic_next;                /* the next IC fepd sends under this key */
+    uint32_t tx_ic_reserved;            /* ICs below this are reserved on disk */
+} key_state;
+
+typedef struct dcu_state {
+    int key;                            /* index into keys, or -1 when unkeyed */
+    uint32_t rx_ic;                     /* highest IC accepted from this DCU */
+    uint16_t next_qsn;
+    int session;                        /* slot index, or -1 */
+    int64_t next_poll_ms;
+    int64_t last_success_s;             /* wall clock; 0 never */
+    uint64_t sessions_ok;
+    uint64_t sessions_failed;
+    uint64_t records;
+    fep_err last_error;
+    int cycle_result;                   /* --once: 0 not yet, 1 ok, -1 failed */
+} dcu_state;
+
+typedef struct fep_state {
+    char path[PATH_SIZE];               /* state_dir/fepd.state */
+    key_state *keys;                    /* one per distinct key, n_keys */
+    unsigned n_keys;
+    dcu_state *dcus;                    /* parallel to cfg->dcus */
+    unsigned n_dcus;
+    int dirty;                          /* something changed since the last save */
+    char *save_buf;                     /* the whole file, formatted before write */
+    size_t save_cap;
+} fep_state;
+
+/* Allocates the tables once, sized from cfg; loads state_dir/fepd.state when
+ * it exists; reserves a new IC block for every key and saves.  0 or -1. */
+int state_open(fep_state *st, const fep_config *cfg, char *err, size_t errlen);
+/* The next IC to send under key k; reserves a new block on disk first when
+ * needed.  0 when no IC can be had (reservation failed, or exhausted). */
+uint32_t state_take_ic(fep_state *st, unsigned k);
+/* Writes the file atomically (temporary, fsync, rename, fsync dir). 0 or -1. */
+int state_save(fep_state *st, const fep_config *cfg);
+void state_release(fep_state *st);
+
+/* ---- session.c and fep.c: the slot table ---- */
+
+enum slot_state {
+    SLOT_FREE = 0,
+    SLOT_CONNECTING,                    /* poll: non-blocking connect under way */
+    SLOT_ACTIVE,                        /* reading frames, writing replies */
+    SLOT_STORING,                       /* a packet's rows await the pass's commit */
+    SLOT_DRAINING                       /* last bytes going out, then close */
+};
+
+enum slot_kind { KIND_POLL = 0, KIND_PUSH = 1, KIND_METRICS = 2, KIND_REJECT = 3 };
+
+/* What a slot's I/O deadline is waiting for; one timer per slot. */
+enum slot_wait {
+    WAIT_NONE = 0,
+    WAIT_CONNECT,                       /* timeout_connect */
+    WAIT_IDLE,                          /* push: the first byte, timeout_idle */
+    WAIT_FRAME,                         /* the next expected frame, timeout_frame */
+    WAIT_LINGER                         /* closing: the peer's end of stream */
+};
+
+/*
+ * One connection.  The slot table (fepd.slots) is allocated once; a slot is
+ * opened by fep.c slot_open and closed by fep.c slot_close, the only two
+ * places that touch fd; between them session.c decides what is read and
+ * written.  rx and tx are reset by slot_open, never freed.
+ */
+typedef struct session {
+    enum slot_state state;
+    enum slot_kind kind;
+    enum slot_wait wait;
+    uint32_t gen;                       /* +1 at every open: stale references fail */
+    int fd;
+    int dcu;                            /* bound DCU index, or -1 */
+    sys_addr peer;
+    const char *opened_at;              /* "file:line" of the open, for the ledger */
+    int64_t opened_ms;
+    int64_t session_deadline_ms;        /* timeout_session */
+    int64_t io_deadline_ms;             /* what wait names */
+    int64_t write_deadline_ms;          /* 0 while tx is empty; timeout_write */
+    fep_err result;                     /* first error; FEP_OK: success */
+    /* receive side */
+    frame_rx rx;
+    uint32_t garbage_counted;           /* part of rx.garbage already in stats */
+    /* transmit side: tx[tx_off..tx_len) is still to be written */
+    uint8_t tx[TX_BUF_SIZE];
+    size_t tx_len, tx_off;
+    int shut_wr;                        /* DRAINING: our side already shut down */
+    uint16_t msn;                       /* our frame counter on this connection */
+    /* security: key of the DCU we talk to, set when it is known */
+    int key_index;                      /* into state.keys, or -1: plaintext */
+    gcm_key key;
+    uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
+    /* the exchange */
+    unsigned request;                   /* poll: index into the DCU's poll letters */
+    uint8_t expect;                     /* poll: response command expected */
+    int exchange_open;                  /* poll: request sent; push: packet 0 seen */
+    uint16_t qsn;
+    uint16_t next_fsn;
+    int have_acked;                     /* acked_fsn is meaningful */
+    uint16_t acked_fsn;
+    unsigned crc_strikes;
+    uint32_t records;                   /* rows stored in this session */
+    unsigned failures;                  /* requests that ended without a reply */
+    int close_now;                      /* DRAINING: close without flushing or lingering */
+    /* SLOT_STORING: the packet whose rows await the pass's commit */
+    uint16_t pending_fsn;
+    int pending_last;
+    int pending_rows;
+    uint32_t metrics_cursor;            /* metrics: next line to render */
+} session;
+
+typedef struct fep_stats {
+    uint64_t sessions_total[2][2];      /* [KIND_POLL/KIND_PUSH][0 ok, 1 error] */
+    uint64_t frames_received;
+    uint64_t frames_sent;
+    uint64_t nacks_sent[FEP_NACK_CODE_MAX + 1];
+    uint64_t records_stored;
+    uint64_t garbage_bytes;
+    uint64_t slots_acquired;
+    uint64_t slots_released;
+    uint64_t timeouts;
+    uint64_t busy_rejected;             /* connections closed with no slot at all */
+} fep_stats;
+
+/* Everything fepd owns, in one place; allocated once in fep.c. */
+typedef struct fepd {
+    fep_config cfg;
+    fep_state state;
+    store store;
+    fep_stats stats;
+    session *slots;                     /* n_slots, allocated once */
+    unsigned n_slots;                   /* max_sessions + REJECT_SLOTS + METRICS_SLOTS */
+    unsigned sessions_active;           /* poll and push slots in use */
+    unsigned slots_in_use;              /* all kinds */
+    unsigned kind_in_use[4];            /* slots in use, by slot_kind */
+    unsigned poll_cursor;               /* where the scheduler's next scan starts */
+    int64_t next_due_ms;                /* no DCU is due before this */
+    unsigned once_pending;              /* --once: poll cycles not yet finished */
+    unsigned closed_this_pass;          /* sessions closed in this loop pass */
+    int listen_fd;                      /* -1 when off */
+    int metrics_fd;                     /* -1 when off */
+    size_t static_memory_bytes;         /* everything allocated at start-up */
+    uint8_t scratch[FRAME_DATA_MAX];    /* the plaintext of the frame at hand */
+    int once;                           /* --once */
+    int stopping;                       /* no new sessions */
+} fepd;
+
+/* ---- session.c: the protocol state machine of one slot ---- */
+
+/* Poll: bind slot s to DCU dcu before its connect completes. */
+void sess_poll_start(fepd *d, session *s, int dcu);
+/* Poll: connected; sends the first request of the cycle. */
+void sess_poll_connected(fepd *d, session *s);
+/* Takes the frames held in s->rx until one needs a commit, the session
+ * ends, or more bytes are needed. */
+void sess_process(fepd *d, session *s);
+/* After the pass's store_commit: ACK (ok) or NACK STORE the pending packet. */
+void sess_committed(fepd *d, session *s, int ok);
+/* Marks the session finished (DRAINING), keeping the first error. */
+void sess_end(fepd *d, session *s, fep_err why);
+/* Statistics, DCU state and the log line of a session being closed. */
+void sess_account(fepd *d, session *s, int64_t now_ms);
+
+/* ---- metrics.c ---- */
+
+/* Renders the Prometheus text of d from line *cursor on, as many whole lines
+ * as fit in out[0..cap); advances *cursor; returns the bytes written, 0 when
+ * the exposition is complete. */
+size_t metrics_render(const fepd *d, uint32_t *cursor, char *out, size_t cap);
+/* Parses an HTTP request held in p[0..n): 0 need more, else the HTTP status
+ * to answer (200 for GET /metrics, 404 other path, 405 other method, 400). */
+int metrics_parse_request(const uint8_t *p, size_t n);
+
+#endif /* FEP_H */

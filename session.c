@@ -1,0 +1,465 @@
+/*
+ * session.c -- the protocol state machine of one poll or push session:
+ * every receiver rule of PROTOCOL.md section 5, in the order a frame meets
+ * them.
+ *
+ *   frame_rx_next --> length / CRC --> header (DIR, DID, SID) --> security
+ *   (tag, then IC) --> command and payload length --> sequence (QSN, FSN,
+ *   duplicate) --> store_add --> SLOT_STORING --(pass commit)--> ACK
+ *
+ * Owns: the decisions.  It reads s->rx, appends frames to s->tx, moves
+ * s->state and s->wait, and updates the bound DCU's state and statistics.
+ * Must not touch: descriptors (fep.c opens and closes them, and does all
+ * reads and writes), other slots, the store's files (only store_add).
+ *
+ * Ending a session never closes anything here: sess_end marks the slot
+ * DRAINING, and the loop closes it once the last frame has gone out.
+ */
+#include <string.h>
+
+#include "fep.h"
+
+/* ------------------------------------------------------------------------
+ * Sending
+ * ---------------------------------------------------------------------- */
+
+/* Room for n more bytes in tx, moving what is unsent to the front. */
+static int tx_make_room(session *s, size_t n)
+{
+    if (s->tx_off == s->tx_len) {
+        s->tx_off = 0;
+        s->tx_len = 0;
+    }
+    if (TX_BUF_SIZE - s->tx_len >= n)
+        return 0;
+    memmove(s->tx, s->tx + s->tx_off, s->tx_len - s->tx_off);
+    s->tx_len -= s->tx_off;
+    s->tx_off = 0;
+    return TX_BUF_SIZE - s->tx_len >= n ? 0 : -1;
+}
+
+/*
+ * Appends one frame to s->tx: protected when the peer has a key (every frame
+ * to a keyed DCU, ACK and NACK included).  -1 when no IC could be reserved or
+ * the frame does not fit; the caller then ends the session.
+ */
+static int send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
+                      uint16_t fsn, const uint8_t *payload, size_t len)
+{
+    frame_hdr h;
+    const gcm_key *key = NULL;
+    uint32_t ic = 0;
+    size_t n;
+
+    h.ctl = CTL_LAST;                   /* requests, ACKs, NACKs: LAST=1, DIR=0 */
+    h.cmd = cmd;
+    memcpy(h.sid, d->cfg.sid, FRAME_ID_SIZE);
+    memcpy(h.did, s->peer_sid, FRAME_ID_SIZE);
+    h.qsn = qsn;
+    h.msn = s->msn;
+    h.fsn = fsn;
+    if (s->key_index >= 0) {
+        ic = state_take_ic(&d->state, (unsigned)s->key_index);
+        if (ic == 0)
+            return -1;
+        key = &s->key;
+    }
+    if (tx_make_room(s, FRAME_HEADER_SIZE + SEC_OVERHEAD + len +
+                            FRAME_CRC_SIZE) != 0)
+        return -1;
+    n = frame_encode(s->tx + s->tx_len, TX_BUF_SIZE - s->tx_len, &h, payload,
+                     len, key, ic);
+    if (n == 0)
+        return -1;
+    log_hex("sent", s->tx + s->tx_len, n);
+    s->tx_len += n;
+    s->msn++;
+    d->stats.frames_sent++;
+    return 0;
+}
+
+static void wait_frame(const fepd *d, session *s)
+{
+    s->wait = WAIT_FRAME;
+    s->io_deadline_ms = sys_now_ms() + d->cfg.timeout_frame_ms;
+}
+
+void sess_end(fepd *d, session *s, fep_err why)
+{
+    (void)d;
+    if (s->result == FEP_OK)
+        s->result = why;
+    s->state = SLOT_DRAINING;
+    s->wait = WAIT_NONE;
+}
+
+/* NACK with code, echoing the QSN and FSN of the frame it answers. */
+static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
+{
+    uint8_t payload[NACK_SIZE];
+
+    payload[0] = (uint8_t)code;
+    if (send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload) == 0)
+        d->stats.nacks_sent[code]++;
+}
+
+static void nack_and_end(fepd *d, session *s, const frame *f, fep_err code)
+{
+    log_msg(LOG_WARN, "%s %s: NACK %s (%s)", s->kind == KIND_POLL ? "poll" : "push",
+            s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "?", fep_nack_name(code),
+            fep_strerror(code));
+    send_nack(d, s, f, code);
+    sess_end(d, s, code);
+}
+
+/* ------------------------------------------------------------------------
+ * Poll requests
+ * ---------------------------------------------------------------------- */
+
+static uint8_t response_to(uint8_t request)
+{
+    switch (request) {
+    case CMD_LP_REQ: return CMD_LP_RSP;
+    case CMD_DCU_STATUS_REQ: return CMD_DCU_STATUS_RSP;
+    case CMD_METER_STATUS_REQ: return CMD_METER_STATUS_RSP;
+    case CMD_METER_CHANGE_REQ: return CMD_METER_CHANGE_RSP;
+    default: return 0;
+    }
+}
+
+/* Sends the next request of the DCU's poll cycle, or ends the session when
+ * the cycle is complete. */
+static void next_request(fepd *d, session *s)
+{
+    const dcu_conf *dc = &d->cfg.dcus[s->dcu];
+    dcu_state *ds = &d->state.dcus[s->dcu];
+    uint8_t payload[LP_REQ_SIZE];
+    uint8_t cmd;
+    size_t len = 0;
+
+    if (s->request >= strlen(dc->poll) || d->stopping) {
+        sess_end(d, s, s->failures ? FEP_ERR_NACKED : FEP_OK);
+        return;
+    }
+    cmd = (uint8_t)dc->poll[s->request++];
+    if (cmd == CMD_LP_REQ) {
+        lp_req_put(payload, 0, 0);      /* every record not yet delivered */
+        len = LP_REQ_SIZE;
+    }
+    s->qsn = ds->next_qsn++;
+    s->expect = response_to(cmd);
+    s->exchange_open = 1;
+    s->next_fsn = 0;
+    s->have_acked = 0;
+    s->crc_strikes = 0;
+    if (send_frame(d, s, cmd, s->qsn, 0, payload, len) != 0) {
+        sess_end(d, s, FEP_ERR_NOSPACE);
+        return;
+    }
+    wait_frame(d, s);
+}
+
+/* Binds slot s to DCU i: the key is expanded here, once per session. */
+static void bind_dcu(fepd *d, session *s, int i)
+{
+    const dcu_conf *dc = &d->cfg.dcus[i];
+
+    s->dcu = i;
+    d->state.dcus[i].session = (int)(s - d->slots);
+    memcpy(s->peer_sid, dc->sid, FRAME_ID_SIZE);
+    s->key_index = d->state.dcus[i].key;
+    if (s->key_index >= 0)
+        gcm_init(&s->key, dc->key);
+}
+
+void sess_poll_start(fepd *d, session *s, int dcu)
+{
+    bind_dcu(d, s, dcu);
+}
+
+void sess_poll_connected(fepd *d, session *s)
+{
+    s->state = SLOT_ACTIVE;
+    next_request(d, s);
+}
+
+/* ------------------------------------------------------------------------
+ * Checks, in the order PROTOCOL.md section 5 implies
+ * ---------------------------------------------------------------------- */
+
+/*
+ * DIR, DID, and who the sender is.  A push session binds its DCU on the
+ * first frame with a valid CRC; until then the NACK goes to whatever SID the
+ * frame claims, protected when that SID is a keyed DCU.
+ */
+static fep_err check_header(fepd *d, session *s, const frame *f)
+{
+    int i;
+
+    if (s->dcu < 0) {
+        memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
+        i = config_find_dcu(&d->cfg, f->sid);
+        if (i < 0)
+            return FEP_ERR_UNKNOWN;
+        if (s->kind == KIND_REJECT || d->state.dcus[i].session >= 0) {
+            /* Answer BUSY under the DCU's key without taking it over. */
+            s->key_index = d->state.dcus[i].key;
+            if (s->key_index >= 0)
+                gcm_init(&s->key, d->cfg.dcus[i].key);
+            return FEP_ERR_BUSY;
+        }
+        bind_dcu(d, s, i);
+    }
+    if (!(f->ctl & CTL_DIR_DCU))
+        return FEP_ERR_HEADER;
+    if (memcmp(f->did, d->cfg.sid, FRAME_ID_SIZE) != 0)
+        return FEP_ERR_HEADER;
+    if (memcmp(f->sid, s->peer_sid, FRAME_ID_SIZE) != 0)
+        return config_find_dcu(&d->cfg, f->sid) < 0 ? FEP_ERR_UNKNOWN
+                                                    : FEP_ERR_HEADER;
+    return FEP_OK;
+}
+
+/* Tag first, then IC: a forgery is SECURITY, an authentic old frame REPLAY.
+ * On success *payload points at the plaintext. */
+static fep_err open_payload(fepd *d, session *s, const frame *f,
+                            const uint8_t **payload, size_t *len)
+{
+    dcu_state *ds = &d->state.dcus[s->dcu];
+    uint32_t ic;
+
+    if (s->key_index < 0) {
+        if (f->ctl & CTL_SEC)
+            return FEP_ERR_SECURITY;    /* no key to check it with */
+        *payload = f->data;
+        *len = f->data_len;
+        return FEP_OK;
+    }
+    if (!(f->ctl & CTL_SEC))
+        return FEP_ERR_SECURITY;
+    if (frame_open(f, &s->key, d->scratch, len, &ic) != FEP_OK)
+        return FEP_ERR_SECURITY;
+    if (ic <= ds->rx_ic)
+        return FEP_ERR_REPLAY;
+    ds->rx_ic = ic;
+    d->state.dirty = 1;
+    *payload = d->scratch;
+    return FEP_OK;
+}
+
+static int is_response(uint8_t cmd)
+{
+    return cmd == CMD_LP_RSP || cmd == CMD_DCU_STATUS_RSP ||
+           cmd == CMD_METER_STATUS_RSP || cmd == CMD_METER_CHANGE_RSP;
+}
+
+/* QSN and FSN.  *duplicate: the packet just acknowledged, sent again. */
+static fep_err check_sequence(session *s, const frame *f, int *duplicate)
+{
+    *duplicate = 0;
+    if (s->kind == KIND_PUSH && !s->exchange_open) {
+        if (f->fsn != 0)
+            return FEP_ERR_SEQUENCE;
+        s->qsn = f->qsn;
+        s->exchange_open = 1;
+        s->next_fsn = 0;
+        return FEP_OK;
+    }
+    if (f->qsn != s->qsn)
+        return FEP_ERR_SEQUENCE;
+    if (f->fsn == s->next_fsn)
+        return FEP_OK;
+    if (s->have_acked && f->fsn == s->acked_fsn) {
+        *duplicate = 1;
+        return FEP_OK;
+    }
+    return FEP_ERR_SEQUENCE;
+}
+
+/* Rule 7: a DCU's ACK or NACK where a response was expected ends that
+ * request without a reply; the session goes on with the next request. */
+static void request_refused(fepd *d, session *s, const frame *f,
+                            const uint8_t *payload, size_t len)
+{
+    const char *id = d->cfg.dcus[s->dcu].id;
+
+    if (f->cmd == CMD_NACK && len == NACK_SIZE)
+        log_msg(LOG_WARN, "poll %s: request '%c' refused with NACK %s", id,
+                s->request ? d->cfg.dcus[s->dcu].poll[s->request - 1] : '?',
+                fep_nack_name(payload[0]));
+    else
+        log_msg(LOG_WARN, "poll %s: %s instead of a response", id,
+                f->cmd == CMD_ACK ? "ACK" : "NACK");
+    s->failures++;
+    s->exchange_open = 0;
+    next_request(d, s);
+}
+
+/* ------------------------------------------------------------------------
+ * One frame
+ * ---------------------------------------------------------------------- */
+
+static void handle_packet(fepd *d, session *s, const frame *f)
+{
+    const uint8_t *payload;
+    size_t len;
+    int duplicate, rows;
+    fep_err err;
+
+    err = check_header(d, s, f);
+    if (err == FEP_OK)
+        err = open_payload(d, s, f, &payload, &len);
+    if (err != FEP_OK) {
+        nack_and_end(d, s, f, err);
+        return;
+    }
+    if (s->kind == KIND_POLL && (f->cmd == CMD_ACK || f->cmd == CMD_NACK) &&
+        s->exchange_open && f->qsn == s->qsn) {
+        request_refused(d, s, f, payload, len);
+        return;
+    }
+    if (!is_response(f->cmd) ||
+        (s->kind == KIND_POLL && f->cmd != s->expect)) {
+        nack_and_end(d, s, f, FEP_ERR_COMMAND);
+        return;
+    }
+    err = payload_check(f->cmd, payload, len);
+    if (err == FEP_OK)
+        err = check_sequence(s, f, &duplicate);
+    if (err != FEP_OK) {
+        nack_and_end(d, s, f, err);
+        return;
+    }
+    if (duplicate) {
+        /* Its first copy is stored already: acknowledge, do not store. */
+        if (send_frame(d, s, CMD_ACK, f->qsn, f->fsn, NULL, 0) != 0)
+            sess_end(d, s, FEP_ERR_NOSPACE);
+        else
+            wait_frame(d, s);
+        return;
+    }
+    rows = store_add(&d->store, d->cfg.dcus[s->dcu].id, f->cmd, payload, len,
+                     f->qsn, f->fsn, sys_wall_s());
+    if (rows < 0) {
+        nack_and_end(d, s, f, FEP_ERR_STORE);
+        return;
+    }
+    s->pending_fsn = f->fsn;
+    s->pending_last = (f->ctl & CTL_LAST) != 0;
+    s->pending_rows = rows;
+    s->state = SLOT_STORING;
+    s->wait = WAIT_NONE;
+}
+
+static void handle_frame(fepd *d, session *s, frame_result r, const frame *f)
+{
+    d->stats.frames_received++;
+    log_hex("received", f->raw, FRAME_HEADER_SIZE + (size_t)f->len);
+    if (r == FRAME_BAD_LENGTH) {
+        nack_and_end(d, s, f, FEP_ERR_LENGTH);
+        return;
+    }
+    if (r == FRAME_BAD_CRC) {
+        if (s->dcu < 0)
+            memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
+        if (++s->crc_strikes >= CRC_STRIKES_MAX) {
+            nack_and_end(d, s, f, FEP_ERR_CRC);
+        } else {
+            send_nack(d, s, f, FEP_ERR_CRC);
+            wait_frame(d, s);
+        }
+        return;
+    }
+    s->crc_strikes = 0;
+    handle_packet(d, s, f);
+}
+
+void sess_process(fepd *d, session *s)
+{
+    frame f;
+
+    while (s->state == SLOT_ACTIVE) {
+        frame_result r = frame_rx_next(&s->rx, &f);
+
+        d->stats.garbage_bytes += s->rx.garbage - s->garbage_counted;
+        s->garbage_counted = s->rx.garbage;
+        if (s->rx.garbage > GARBAGE_MAX) {
+            log_msg(LOG_WARN, "%s: more than %d garbage bytes, closing",
+                    s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "push", GARBAGE_MAX);
+            sess_end(d, s, FEP_ERR_GARBAGE);
+            return;
+        }
+        if (r == FRAME_NEED_MORE)
+            return;
+        handle_frame(d, s, r, &f);
+    }
+}
+
+/* After the pass's commit: the packet's rows are durable (ok) or not. */
+void sess_committed(fepd *d, session *s, int ok)
+{
+    frame f;
+
+    s->state = SLOT_ACTIVE;
+    if (!ok) {
+        memset(&f, 0, sizeof f);
+        f.qsn = s->qsn;
+        f.fsn = s->pending_fsn;
+        nack_and_end(d, s, &f, FEP_ERR_STORE);
+        return;
+    }
+    s->records += (uint32_t)s->pending_rows;
+    d->stats.records_stored += (uint64_t)s->pending_rows;
+    d->state.dcus[s->dcu].records += (uint64_t)s->pending_rows;
+    s->have_acked = 1;
+    s->acked_fsn = s->pending_fsn;
+    s->next_fsn = (uint16_t)(s->pending_fsn + 1);
+    if (send_frame(d, s, CMD_ACK, s->qsn, s->pending_fsn, NULL, 0) != 0) {
+        sess_end(d, s, FEP_ERR_NOSPACE);
+        return;
+    }
+    if (!s->pending_last) {
+        wait_frame(d, s);
+        return;
+    }
+    s->exchange_open = 0;
+    if (s->kind == KIND_POLL)
+        next_request(d, s);
+    else
+        sess_end(d, s, FEP_OK);
+}
+
+/* Accounts for a session that is being closed: statistics, the DCU's state,
+ * one log line.  Called once, by fep.c slot_close. */
+void sess_account(fepd *d, session *s, int64_t now_ms)
+{
+    int ok = s->result == FEP_OK;
+    const char *kind = s->kind == KIND_POLL ? "poll" : "push";
+    const char *id = s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "-";
+    char peer[80];
+
+    if (s->kind != KIND_POLL && s->kind != KIND_PUSH)
+        return;
+    d->stats.sessions_total[s->kind][ok ? 0 : 1]++;
+    sys_addr_str(&s->peer, peer, sizeof peer);
+    if (s->dcu >= 0) {
+        dcu_state *ds = &d->state.dcus[s->dcu];
+        if (ok) {
+            ds->sessions_ok++;
+            ds->last_success_s = sys_wall_s();
+        } else {
+            ds->sessions_failed++;
+            ds->last_error = s->result;
+        }
+        if (s->kind == KIND_POLL)
+            ds->cycle_result = ok ? 1 : -1;
+        if (ds->session == (int)(s - d->slots))
+            ds->session = -1;
+        d->state.dirty = 1;
+    }
+    log_msg(ok ? LOG_INFO : LOG_WARN,
+            "session %s %s peer %s %s%s%s records=%u duration_ms=%lld", kind,
+            id, peer, ok ? "ok" : "error", ok ? "" : ": ",
+            ok ? "" : fep_strerror(s->result), (unsigned)s->records,
+            (long long)(now_ms - s->opened_ms));
+}

@@ -1,0 +1,642 @@
+/*
+ * sys.c -- the portability seam.  Every system call that fepd and dcusim make
+ * on a descriptor goes through a function here, for three reasons:
+ *
+ *   1. the POSIX details live in one place (non-blocking sockets, close-on-
+ *      exec, SIGPIPE suppression, EINTR, descriptors below FD_SETSIZE);
+ *   2. the descriptor ledger counts every open and close, so a test can prove
+ *      that a run ends with as many closed as opened;
+ *   3. a test build (-DFEP_FAULT) can make the Nth call of an operation fail
+ *      with a chosen error, to sweep fault injection over a whole run.
+ *
+ * Owns: the ledger counters, the log level and the fault table (file-scope
+ * statics, the only globals of the program besides fep.c's signal flags).
+ * Must not touch: buffers or descriptors it did not open on a caller's behalf;
+ * it allocates nothing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include "fep.h"
+
+static sys_ledger ledger;
+static int log_level = LOG_INFO;
+static const char *log_name = "fep";
+
+/* ------------------------------------------------------------------------
+ * Fault injection (test builds only)
+ * ---------------------------------------------------------------------- */
+
+enum sys_op { OP_READ, OP_WRITE, OP_ACCEPT, OP_CONNECT, OP_OPEN, OP_FSYNC,
+              OP_RENAME, OP_COUNT };
+
+#ifdef FEP_FAULT
+static const char *const op_names[OP_COUNT] = {
+    "read", "write", "accept", "connect", "open", "fsync", "rename"
+};
+
+#define FAULT_SHORT (-1)                /* a short transfer, not an errno */
+
+struct fault {
+    uint64_t at;                        /* 1-based call number; 0 = none */
+    int sticky;                         /* "N+": this call and every later one */
+    int err;                            /* errno, or FAULT_SHORT */
+};
+
+static struct fault faults[OP_COUNT];
+static uint64_t op_calls[OP_COUNT];
+static int faults_loaded;
+
+static int fault_err_parse(const char *s)
+{
+    static const struct { const char *name; int err; } table[] = {
+        { "EINTR", EINTR }, { "EAGAIN", EAGAIN }, { "SHORT", FAULT_SHORT },
+        { "ECONNRESET", ECONNRESET }, { "ENOSPC", ENOSPC },
+        { "EMFILE", EMFILE }, { "EIO", EIO },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (strcmp(s, table[i].name) == 0)
+            return table[i].err;
+    return 0;
+}
+
+/* One "OP:N[+]:ERR" item; 0 or -1. */
+static int fault_parse_one(const char *item)
+{
+    char op[16], err[16];
+    unsigned long long at;
+    char plus[2] = "";
+    int i;
+
+    if (sscanf(item, "%15[a-z]:%llu%1[+]:%15[A-Z]", op, &at, plus, err) != 4 &&
+        sscanf(item, "%15[a-z]:%llu:%15[A-Z]", op, &at, err) != 3)
+        return -1;
+    for (i = 0; i < OP_COUNT; i++) {
+        if (strcmp(op, op_names[i]) == 0) {
+            faults[i].at = at;
+            faults[i].sticky = plus[0] == '+';
+            faults[i].err = fault_err_parse(err);
+            return (at > 0 && faults[i].err != 0) ? 0 : -1;
+        }
+    }
+    return -1;
+}
+
+int sys_fault_set(const char *spec)
+{
+    char copy[256], *item, *save = NULL;
+
+    memset(faults, 0, sizeof faults);
+    memset(op_calls, 0, sizeof op_calls);
+    faults_loaded = 1;
+    if (!spec || !*spec)
+        return 0;
+    if (strlen(spec) >= sizeof copy)
+        return -1;
+    strcpy(copy, spec);
+    for (item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save))
+        if (fault_parse_one(item) != 0)
+            return -1;
+    return 0;
+}
+
+/* 0: make the call; else the errno (or FAULT_SHORT) to fake. */
+static int fault_check(enum sys_op op)
+{
+    uint64_t n;
+
+    if (!faults_loaded && sys_fault_set(getenv("FEP_FAULT")) != 0)
+        log_msg(LOG_ERROR, "FEP_FAULT: cannot parse '%s'", getenv("FEP_FAULT"));
+    n = ++op_calls[op];
+    if (faults[op].at == 0)
+        return 0;
+    if (n == faults[op].at || (faults[op].sticky && n > faults[op].at))
+        return faults[op].err;
+    return 0;
+}
+#else
+static int fault_check(enum sys_op op)
+{
+    (void)op;
+    return 0;
+}
+#define FAULT_SHORT (-1)
+#endif
+
+/* ------------------------------------------------------------------------
+ * Time
+ * ---------------------------------------------------------------------- */
+
+int64_t sys_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t sys_wall_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Addresses
+ * ---------------------------------------------------------------------- */
+
+int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen)
+{
+    char host[256];
+    const char *port;
+    struct addrinfo hints, *res = NULL;
+    size_t hostlen;
+    int rc;
+
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':') {
+            snprintf(err, errlen, "'%s': expected [IPv6]:port", text);
+            return -1;
+        }
+        hostlen = (size_t)(close - text - 1);
+        text++;
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (!colon) {
+            snprintf(err, errlen, "'%s': expected host:port", text);
+            return -1;
+        }
+        hostlen = (size_t)(colon - text);
+        port = colon + 1;
+    }
+    if (hostlen == 0 || hostlen >= sizeof host || !*port ||
+        strspn(port, "0123456789") != strlen(port) || atol(port) < 1 ||
+        atol(port) > 65535) {
+        snprintf(err, errlen, "'%s': bad host or port (1..65535)", text);
+        return -1;
+    }
+    memcpy(host, text, hostlen);
+    host[hostlen] = '\0';
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "'%s': cannot resolve '%s': %s", text, host,
+                 rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
+    out->len = (socklen_t)res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+void sys_addr_str(const sys_addr *a, char *out, size_t outlen)
+{
+    char host[64], port[8];    /* an IPv6 literal is at most 45 bytes */
+
+    if (getnameinfo((const struct sockaddr *)&a->ss, a->len, host, sizeof host,
+                    port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(out, outlen, "?");
+        return;
+    }
+    if (a->ss.ss_family == AF_INET6)
+        snprintf(out, outlen, "[%s]:%s", host, port);
+    else
+        snprintf(out, outlen, "%s:%s", host, port);
+}
+
+/* ------------------------------------------------------------------------
+ * Descriptors
+ * ---------------------------------------------------------------------- */
+
+/* Counts a new descriptor; refuses one that select() could not watch. */
+static int fd_adopt(int fd)
+{
+    if (fd < 0)
+        return -1;
+    ledger.opened++;
+    if (fd >= FD_SETSIZE) {
+        sys_close(fd);
+        errno = EMFILE;
+        return -1;
+    }
+    return fd;
+}
+
+static int socket_setup(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -1;
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        return -1;
+#ifdef SO_NOSIGPIPE
+    {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+    }
+#endif
+    return 0;
+}
+
+/* A new non-blocking stream socket for a's family; -1 with errno. */
+static int socket_open(const sys_addr *a)
+{
+    int fd = fd_adopt(socket(a->ss.ss_family, SOCK_STREAM, 0));
+    int saved;
+
+    if (fd < 0)
+        return -1;
+    if (socket_setup(fd) == 0)
+        return fd;
+    saved = errno;
+    sys_close(fd);
+    errno = saved;
+    return -1;
+}
+
+int sys_listen(const sys_addr *a, int backlog)
+{
+    int fd = socket_open(a), one = 1, saved;
+
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 &&
+        listen(fd, backlog) == 0)
+        return fd;
+    saved = errno;
+    sys_close(fd);
+    errno = saved;
+    return -1;
+}
+
+int sys_connect(const sys_addr *a, int *in_progress)
+{
+    int fd, fault = fault_check(OP_CONNECT), saved, one = 1;
+
+    if (fault > 0) {
+        errno = fault;
+        return -1;
+    }
+    fd = socket_open(a);
+    if (fd < 0)
+        return -1;
+    /* Requests and ACKs are single small frames: send them at once. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    *in_progress = 0;
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+        return fd;
+    if (errno == EINPROGRESS || errno == EINTR) {
+        *in_progress = 1;
+        return fd;
+    }
+    saved = errno;
+    sys_close(fd);
+    errno = saved;
+    return -1;
+}
+
+int sys_connect_result(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return errno;
+    return err;
+}
+
+int sys_accept(int listen_fd, sys_addr *peer)
+{
+    int fd, fault = fault_check(OP_ACCEPT), one = 1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (fault > 0) {
+        errno = fault;
+        return -1;
+    }
+    fd = accept(listen_fd, (struct sockaddr *)&ss, &len);
+    if (fd < 0)
+        return -1;
+    fd = fd_adopt(fd);
+    if (fd < 0)
+        return -1;
+    if (socket_setup(fd) != 0) {
+        int saved = errno;
+        sys_close(fd);
+        errno = saved;
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (peer) {
+        memset(peer, 0, sizeof *peer);
+        memcpy(&peer->ss, &ss, len);
+        peer->len = len;
+    }
+    return fd;
+}
+
+/* Maps a faked or real failure of read/write to the SYS_ codes. */
+static ssize_t io_result(ssize_t n)
+{
+    if (n > 0)
+        return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return SYS_AGAIN;
+    return SYS_ERROR;
+}
+
+ssize_t sys_read(int fd, void *buf, size_t n)
+{
+    int fault = fault_check(OP_READ);
+    ssize_t r;
+
+    if (fault > 0) {
+        errno = fault;
+        return io_result(-1);
+    }
+    if (fault == FAULT_SHORT && n > 1)
+        n /= 2;
+    r = read(fd, buf, n);
+    if (r == 0)
+        return SYS_EOF;
+    return io_result(r);
+}
+
+ssize_t sys_write(int fd, const void *buf, size_t n)
+{
+    int fault = fault_check(OP_WRITE), flags = 0;
+    ssize_t r;
+
+    if (fault > 0) {
+        errno = fault;
+        return io_result(-1);
+    }
+    if (fault == FAULT_SHORT && n > 1)
+        n /= 2;
+#ifdef MSG_NOSIGNAL
+    flags = MSG_NOSIGNAL;
+#endif
+    r = send(fd, buf, n, flags);
+    if (r < 0 && errno == ENOTSOCK)
+        r = write(fd, buf, n);
+    if (r == 0)
+        errno = EAGAIN;
+    return io_result(r);
+}
+
+int sys_close(int fd)
+{
+    if (fd < 0)
+        return 0;
+    ledger.closed++;
+    /* POSIX leaves the descriptor's state unspecified after EINTR; on the
+     * systems this runs on it is released, so close is never retried. */
+    return close(fd);
+}
+
+int sys_shutdown_write(int fd)
+{
+    return shutdown(fd, SHUT_WR);
+}
+
+sys_ledger sys_ledger_get(void)
+{
+    return ledger;
+}
+
+/* ------------------------------------------------------------------------
+ * Files
+ * ---------------------------------------------------------------------- */
+
+int sys_open(const char *path, int flags, int mode)
+{
+    int fault = fault_check(OP_OPEN);
+
+    if (fault > 0) {
+        errno = fault;
+        return -1;
+    }
+    return fd_adopt(open(path, flags | O_CLOEXEC, mode));
+}
+
+int sys_write_all(int fd, const void *buf, size_t n)
+{
+    const uint8_t *p = buf;
+
+    while (n > 0) {
+        int fault = fault_check(OP_WRITE);
+        size_t chunk = n;
+        ssize_t r;
+
+        if (fault > 0 && fault != EINTR && fault != EAGAIN) {
+            errno = fault;
+            return -1;
+        }
+        if (fault == FAULT_SHORT && chunk > 1)
+            chunk /= 2;
+        r = fault > 0 ? -1 : write(fd, p, chunk);
+        if (r < 0) {
+            if (fault > 0 || errno == EINTR || errno == EAGAIN)
+                continue;       /* a regular file: retrying is safe */
+            return -1;
+        }
+        if (r == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+int sys_fsync(int fd)
+{
+    int fault = fault_check(OP_FSYNC);
+
+    if (fault > 0) {
+        errno = fault;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+int sys_rename(const char *from, const char *to)
+{
+    int fault = fault_check(OP_RENAME);
+
+    if (fault > 0) {
+        errno = fault;
+        return -1;
+    }
+    return rename(from, to);
+}
+
+int sys_ftruncate(int fd, off_t size)
+{
+    return ftruncate(fd, size);
+}
+
+/* One level: 0 when path is (now) a directory. */
+static int mkdir_one(const char *path)
+{
+    struct stat st;
+
+    if (mkdir(path, 0755) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return -1;
+    if (stat(path, &st) != 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+int sys_mkdir(const char *path)
+{
+    char partial[PATH_SIZE];
+    size_t i, n = strlen(path);
+
+    if (n == 0 || n >= sizeof partial) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    /* Each parent first, as mkdir -p does. */
+    for (i = 1; i < n; i++) {
+        if (path[i] != '/' || path[i - 1] == '/')
+            continue;
+        memcpy(partial, path, i);
+        partial[i] = '\0';
+        if (mkdir_one(partial) != 0)
+            return -1;
+    }
+    return mkdir_one(path);
+}
+
+int sys_fsync_dir(const char *dir)
+{
+    int fd = sys_open(dir, O_RDONLY, 0), rc, saved;
+
+    if (fd < 0)
+        return -1;
+    rc = sys_fsync(fd);
+    saved = errno;
+    sys_close(fd);
+    errno = saved;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Logging: one write(2) per line, so that lines from several processes that
+ * share a log file do not interleave, and nothing is queued in memory.
+ * ---------------------------------------------------------------------- */
+
+void log_set_level(int level)
+{
+    log_level = level;
+}
+
+int log_get_level(void)
+{
+    return log_level;
+}
+
+void log_set_name(const char *name)
+{
+    log_name = name;
+}
+
+static void log_write(const char *line, size_t n)
+{
+    while (n > 0) {
+        ssize_t r = write(2, line, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;             /* a log that cannot be written is dropped */
+        line += r;
+        n -= (size_t)r;
+    }
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+    static const char *const names[] = { "error", "warn", "info", "debug" };
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    time_t secs;
+    size_t n;
+    va_list ap;
+    int r;
+
+    if (level > log_level)
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    secs = ts.tv_sec;
+    gmtime_r(&secs, &tm);
+    n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+    r = snprintf(line + n, sizeof line - n, ".%03ldZ %s %s: ",
+                 ts.tv_nsec / 1000000L, log_name,
+                 names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    if (r > 0)
+        n += (size_t)r;
+    va_start(ap, fmt);
+    r = vsnprintf(line + n, sizeof line - n, fmt, ap);
+    va_end(ap);
+    if (r > 0)
+        n += (size_t)r < sizeof line - n ? (size_t)r : sizeof line - n - 1;
+    if (n >= sizeof line - 1)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    log_write(line, n);
+}
+
+void log_hex(const char *what, const uint8_t *p, size_t n)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    char hex[3 * 64 + 1];
+    size_t off;
+
+    if (log_level < LOG_DEBUG)
+        return;
+    for (off = 0; off < n; off += 64) {
+        size_t i, k = 0, end = n - off < 64 ? n - off : 64;
+        for (i = 0; i < end; i++) {
+            hex[k++] = digits[p[off + i] >> 4];
+            hex[k++] = digits[p[off + i] & 15];
+            hex[k++] = ' ';
+        }
+        hex[k ? k - 1 : 0] = '\0';
+        log_msg(LOG_DEBUG, "%s +%zu: %s", what, off, hex);
+    }
+}

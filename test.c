@@ -1,0 +1,301 @@
+/*
+ * test.c -- the test runner and the helpers the test files share.
+ *
+ * Usage: fep_test [FILTER]   runs the tests whose name contains FILTER.
+ * The last line printed is "N passed, M failed"; the exit status is 0 only
+ * when nothing failed and at least one test ran.
+ *
+ * Owns: the pass/fail counters.  Every process a test starts is reaped by
+ * test_wait, which kills it after its deadline.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test.h"
+
+static const char *test_filter;
+static unsigned tests_passed, tests_failed;
+static unsigned checks_failed_in_test;
+static const char *current_test;
+
+void test_run(const char *name, void (*fn)(void))
+{
+    if (test_filter && !strstr(name, test_filter))
+        return;
+    current_test = name;
+    checks_failed_in_test = 0;
+    fn();
+    if (checks_failed_in_test == 0) {
+        tests_passed++;
+        printf("ok   %s\n", name);
+    } else {
+        tests_failed++;
+        printf("FAIL %s\n", name);
+    }
+    fflush(stdout);
+}
+
+static void check_failed(void)
+{
+    /* Stop a runaway loop of failures from flooding the log. */
+    if (++checks_failed_in_test == 20)
+        fprintf(stderr, "%s: further failures not shown\n", current_test);
+}
+
+void test_check(int ok, const char *file, int line, const char *expr)
+{
+    if (ok)
+        return;
+    if (checks_failed_in_test < 20)
+        fprintf(stderr, "%s:%d: %s: CHECK failed: %s\n", file, line,
+                current_test, expr);
+    check_failed();
+}
+
+void test_check_u64(uint64_t a, uint64_t b, const char *file, int line,
+                    const char *ea, const char *eb)
+{
+    if (a == b)
+        return;
+    if (checks_failed_in_test < 20)
+        fprintf(stderr, "%s:%d: %s: CHECK failed: %s == %s (%llu != %llu)\n",
+                file, line, current_test, ea, eb, (unsigned long long)a,
+                (unsigned long long)b);
+    check_failed();
+}
+
+void test_check_mem(const void *a, const void *b, size_t n, const char *file,
+                    int line, const char *ea, const char *eb)
+{
+    const uint8_t *pa = a, *pb = b;
+    size_t i;
+
+    if (memcmp(a, b, n) == 0)
+        return;
+    for (i = 0; i < n && pa[i] == pb[i]; i++)
+        ;
+    if (checks_failed_in_test < 20)
+        fprintf(stderr,
+                "%s:%d: %s: CHECK failed: %s == %s (%zu bytes; first "
+                "difference at %zu: %02X != %02X)\n",
+                file, line, current_test, ea, eb, n, i, pa[i], pb[i]);
+    check_failed();
+}
+
+static int hex_value(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+size_t test_unhex(const char *hex, uint8_t *out, size_t cap)
+{
+    size_t n = 0;
+    int hi = -1;
+
+    for (; *hex; hex++) {
+        int v = hex_value((unsigned char)*hex);
+        if (v < 0)
+            continue;
+        if (hi < 0) {
+            hi = v;
+        } else {
+            if (n < cap)
+                out[n] = (uint8_t)(hi << 4 | v);
+            n++;
+            hi = -1;
+        }
+    }
+    return n;
+}
+
+pid_t test_spawn(const char *const argv[], const char *log_path)
+{
+    pid_t pid;
+
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(log_path ? log_path : "/dev/null",
+                      O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            if (fd > 2)
+                close(fd);
+        }
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts;
+
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+int test_wait(pid_t pid, int timeout_ms)
+{
+    int status, waited = 0;
+
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (waited >= timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        sleep_ms(5);
+        waited += 5;
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return -1;
+}
+
+int test_tmpdir(char *out, size_t cap, const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    static unsigned serial;
+
+    if (!base || !*base)
+        base = "/tmp";
+    for (;;) {
+        snprintf(out, cap, "%s/fep-%s-%ld-%u", base, tag, (long)getpid(),
+                 serial++);
+        if (mkdir(out, 0755) == 0)
+            return 0;
+        if (errno != EEXIST)
+            return -1;
+    }
+}
+
+int test_free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+long test_read_file(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    size_t n;
+
+    if (!f)
+        return -1;
+    n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return (long)n;
+}
+
+int test_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    int ok;
+
+    if (!f)
+        return -1;
+    ok = fputs(text, f) >= 0;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+int test_wait_port(int port, int timeout_ms)
+{
+    int waited;
+
+    for (waited = 0; waited < timeout_ms; waited += 10) {
+        struct sockaddr_in a;
+        int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+
+        if (fd < 0)
+            return -1;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return 0;
+        sleep_ms(10);
+    }
+    return -1;
+}
+
+long test_count_lines(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    long n = 0;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        test_filter = argv[1];
+    /* The tests start processes that may be told to exit by a signal; a
+     * dead pipe must not kill the runner. */
+    signal(SIGPIPE, SIG_IGN);
+
+    test_crypto_suite();
+    test_frame_suite();
+    test_config_suite();
+    test_store_suite();
+    test_sim_suite();
+    test_fep_suite();
+
+    printf("%u passed, %u failed\n", tests_passed, tests_failed);
+    return (tests_failed == 0 && tests_passed > 0) ? 0 : 1;
+}

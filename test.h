@@ -1,0 +1,61 @@
+/*
+ * test.h -- the test runner shared by the test files.
+ *
+ * A test is a function; test_run() runs it when its name matches the filter
+ * given on the command line, and counts it passed when every CHECK in it
+ * held.  The runner's last line is "N passed, M failed".
+ *
+ * Owns: the counters in test.c.  The process helpers start real processes
+ * (fepd, dcusim) and always reap them: a test never leaves one behind.
+ */
+#ifndef TEST_H
+#define TEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+void test_run(const char *name, void (*fn)(void));
+void test_check(int ok, const char *file, int line, const char *expr);
+void test_check_u64(uint64_t a, uint64_t b, const char *file, int line,
+                    const char *ea, const char *eb);
+void test_check_mem(const void *a, const void *b, size_t n, const char *file,
+                    int line, const char *ea, const char *eb);
+
+#define CHECK(c) test_check(!!(c), __FILE__, __LINE__, #c)
+#define CHECK_EQ(a, b) \
+    test_check_u64((uint64_t)(a), (uint64_t)(b), __FILE__, __LINE__, #a, #b)
+#define CHECK_MEM(a, b, n) test_check_mem((a), (b), (n), __FILE__, __LINE__, #a, #b)
+
+/* Hex text ("7E 01 20", spaces and newlines ignored) to bytes; returns count. */
+size_t test_unhex(const char *hex, uint8_t *out, size_t cap);
+
+/* Processes.  argv[0] is a path.  stdout and stderr go to log_path
+ * (or /dev/null when NULL).  Returns the pid, or -1. */
+pid_t test_spawn(const char *const argv[], const char *log_path);
+/* Waits up to timeout_ms.  Returns the exit status, 128 + signal when it was
+ * killed by a signal, or -1 on timeout (the process is then killed with
+ * SIGKILL and reaped). */
+int test_wait(pid_t pid, int timeout_ms);
+
+/* A fresh empty directory under $TMPDIR (or /tmp), name in out. */
+int test_tmpdir(char *out, size_t cap, const char *tag);
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int test_free_port(void);
+/* Whole file into buf (NUL-terminated); returns length or -1. */
+long test_read_file(const char *path, char *buf, size_t cap);
+int test_write_file(const char *path, const char *text);
+/* Waits (bounded) until something listens on 127.0.0.1:port; 0 or -1. */
+int test_wait_port(int port, int timeout_ms);
+/* Lines in a file that contain needle. */
+long test_count_lines(const char *path, const char *needle);
+
+/* The suites, one per test file. */
+void test_crypto_suite(void);
+void test_frame_suite(void);
+void test_sim_suite(void);
+void test_config_suite(void);
+void test_store_suite(void);
+void test_fep_suite(void);
+
+#endif /* TEST_H */

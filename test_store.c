@@ -1,0 +1,1053 @@
+/*
+ * test_store.c -- tests of store.c (the CSV files) and state.c (ICs and
+ * per-DCU statistics): exact file contents for known payloads, and every
+ * failure the sys.c fault table can make (ENOSPC, EIO, EMFILE, a file
+ * replaced or rotated under the store, a torn tail left by a crash), each
+ * followed by a pass that must succeed.  Every test ends with the
+ * descriptor ledger balanced.
+ *
+ * Owns: the store (static: its buffers are 256 KiB), the DCU table of the
+ * state tests, and the directories under test_tmpdir, removed at the end of
+ * each test.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fep.h"
+#include "test.h"
+
+#define DIR_SIZE 200
+#define TEXT_SIZE (512 * 1024)
+
+static store st_store;
+static char text[TEXT_SIZE];            /* a file read back */
+static char want[TEXT_SIZE];            /* what it must hold */
+static char dir[DIR_SIZE];
+static sys_ledger ledger_start;
+
+static const char lp_header[] =
+    "dcu_id,meter_id,ts,import_wh,export_wh,status,qsn,fsn,received_at\n";
+static const char dcu_status_header[] =
+    "dcu_id,fw_version,uptime_s,clock,meter_count,flags,received_at\n";
+static const char meter_status_header[] =
+    "dcu_id,meter_id,status,last_seen,received_at\n";
+static const char meter_change_header[] =
+    "dcu_id,meter_id,change,ts,received_at\n";
+
+/* ------------------------------------------------------------------------
+ * Fixtures
+ * ---------------------------------------------------------------------- */
+
+static void begin(const char *tag)
+{
+    CHECK(test_tmpdir(dir, sizeof dir, tag) == 0);
+    ledger_start = sys_ledger_get();
+    sys_fault_set("");
+}
+
+/* Removes dir and what the tests put in it (files and empty directories). */
+static void end(void)
+{
+    sys_ledger now = sys_ledger_get();
+    DIR *d;
+    struct dirent *e;
+    char path[DIR_SIZE + 64];
+
+    sys_fault_set("");
+    CHECK_EQ(now.opened - ledger_start.opened, now.closed - ledger_start.closed);
+    d = opendir(dir);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >=
+            (int)sizeof path)
+            continue;
+        if (unlink(path) != 0)
+            rmdir(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* dir/name; two buffers in turn, so that rename(path_of(a), path_of(b))
+ * gets two paths. */
+static const char *path_of(const char *name)
+{
+    static char path[2][DIR_SIZE + 64];
+    static unsigned turn;
+    char *p = path[turn++ % 2];
+
+    snprintf(p, sizeof path[0], "%s/%s", dir, name);
+    return p;
+}
+
+/* The file's whole text (empty when it cannot be read). */
+static const char *file_text(const char *name)
+{
+    if (test_read_file(path_of(name), text, sizeof text) < 0)
+        text[0] = '\0';
+    return text;
+}
+
+#define CHECK_FILE(name, expected) \
+    CHECK_STR_EQ(file_text(name), (expected))
+#define CHECK_STR_EQ(a, b) check_str_eq((a), (b), __FILE__, __LINE__)
+
+static void check_str_eq(const char *a, const char *b, const char *file,
+                         int line)
+{
+    int ok = strcmp(a, b) == 0;
+
+    test_check(ok, file, line, "file text as expected");
+    if (!ok)
+        fprintf(stderr, "--- got:\n%.2000s--- want:\n%.2000s---\n", a, b);
+}
+
+static int store_open_here(int sync_packet)
+{
+    char err[512];
+    int rc = store_open(&st_store, dir, sync_packet, err, sizeof err);
+
+    if (rc != 0)
+        fprintf(stderr, "store_open: %s\n", err);
+    return rc;
+}
+
+static void meter_set(uint8_t id[METER_ID_SIZE], const char *s)
+{
+    size_t n = strlen(s);
+
+    memset(id, ' ', METER_ID_SIZE);
+    memcpy(id, s, n < METER_ID_SIZE ? n : METER_ID_SIZE);
+}
+
+/* A K payload of n records; record i differs from record 0 by ts + 900 i. */
+static size_t k_payload(uint8_t *p, unsigned n, const char *meter)
+{
+    lp_record r;
+    unsigned i;
+
+    p[0] = (uint8_t)n;
+    for (i = 0; i < n; i++) {
+        meter_set(r.meter_id, meter);
+        r.ts = 1767225600u + 900u * i;
+        r.import_wh = 123456 + i;
+        r.export_wh = 789;
+        r.status = 0;
+        lp_record_put(p, i, &r);
+    }
+    return payload_size(CMD_LP_RSP, n);
+}
+
+/* The lp row of record i of k_payload(.., meter). */
+static int k_row(char *out, size_t cap, unsigned i, const char *meter,
+                 unsigned qsn, unsigned fsn)
+{
+    return snprintf(out, cap, "DCU00001,%s,%u,%u,789,0,%u,%u,1767225700\n",
+                    meter, 1767225600u + 900u * i, 123456 + i, qsn, fsn);
+}
+
+/* Adds one K packet of n records from DCU00001; returns store_add's result. */
+static int add_k(unsigned n, uint16_t fsn)
+{
+    uint8_t p[PAYLOAD_MAX_PLAIN];
+    size_t len = k_payload(p, n, "MTR000000001");
+
+    return store_add(&st_store, "DCU00001", CMD_LP_RSP, p, len, 7, fsn,
+                     1767225700);
+}
+
+/* want = lp header + the rows of add_k(n, fsn) for fsn first..last. */
+static void want_k(unsigned n, unsigned first, unsigned last)
+{
+    size_t len = strlen(strcpy(want, lp_header));
+    unsigned f, i;
+
+    for (f = first; f <= last; f++)
+        for (i = 0; i < n; i++)
+            len += (size_t)k_row(want + len, sizeof want - len, i,
+                                 "MTR000000001", 7, f);
+}
+
+/* ------------------------------------------------------------------------
+ * store.c
+ * ---------------------------------------------------------------------- */
+
+static void test_store_rows_exact(void)
+{
+    uint8_t p[PAYLOAD_MAX_PLAIN];
+    lp_record r;
+    meter_item m;
+    dcu_status s;
+
+    begin("store-rows");
+    CHECK(store_open_here(1) == 0);
+    k_payload(p, 2, "MTR000000001");
+    meter_set(r.meter_id, "MTR2");
+    r.ts = 1767226500;
+    r.import_wh = 4294967295u;
+    r.export_wh = 0;
+    r.status = 65535;
+    lp_record_put(p, 1, &r);
+    CHECK_EQ(store_add(&st_store, "DCU00001", CMD_LP_RSP, p,
+                       payload_size(CMD_LP_RSP, 2), 7, 3, 1767225700), 2);
+
+    s.fw_version = 258;
+    s.uptime_s = 86400;
+    s.clock = 1767225601;
+    s.meter_count = 120;
+    s.flags = 5;
+    dcu_status_put(p, &s);
+    CHECK_EQ(store_add(&st_store, "DCU2", CMD_DCU_STATUS_RSP, p,
+                       DCU_STATUS_SIZE, 1, 0, 1767225701), 1);
+
+    p[0] = 2;
+    meter_set(m.meter_id, "MTR000000001");
+    m.code = 1;
+    m.ts = 1767225000;
+    meter_item_put(p, 0, &m);
+    meter_set(m.meter_id, "M9");
+    m.code = 0;
+    m.ts = 0;
+    meter_item_put(p, 1, &m);
+    CHECK_EQ(store_add(&st_store, "DCU2", CMD_METER_STATUS_RSP, p,
+                       payload_size(CMD_METER_STATUS_RSP, 2), 2, 0, 1767225702), 2);
+
+    p[0] = 1;
+    meter_set(m.meter_id, "NEW000000007");
+    m.code = 3;
+    m.ts = 1767220000;
+    meter_item_put(p, 0, &m);
+    CHECK_EQ(store_add(&st_store, "DCU00001", CMD_METER_CHANGE_RSP, p,
+                       payload_size(CMD_METER_CHANGE_RSP, 1), 3, 0, -1), 1);
+    CHECK_EQ(st_store.rows_pending, 6);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK_EQ(st_store.rows_pending, 0);
+    store_close(&st_store);
+
+    CHECK_FILE("lp.csv",
+               "dcu_id,meter_id,ts,import_wh,export_wh,status,qsn,fsn,received_at\n"
+               "DCU00001,MTR000000001,1767225600,123456,789,0,7,3,1767225700\n"
+               "DCU00001,MTR2,1767226500,4294967295,0,65535,7,3,1767225700\n");
+    CHECK_FILE("dcu_status.csv",
+               "dcu_id,fw_version,uptime_s,clock,meter_count,flags,received_at\n"
+               "DCU2,258,86400,1767225601,120,5,1767225701\n");
+    CHECK_FILE("meter_status.csv",
+               "dcu_id,meter_id,status,last_seen,received_at\n"
+               "DCU2,MTR000000001,1,1767225000,1767225702\n"
+               "DCU2,M9,0,0,1767225702\n");
+    CHECK_FILE("meter_change.csv",
+               "dcu_id,meter_id,change,ts,received_at\n"
+               "DCU00001,NEW000000007,3,1767220000,-1\n");
+    end();
+}
+
+/* RFC 4180 quoting and %HH escaping of ids; padding is cut, only at the end. */
+static void test_store_escaping(void)
+{
+    static const struct { uint8_t id[METER_ID_SIZE]; const char *field; } cases[] = {
+        { "A,B         ", "\"A,B\"" },
+        { "Q\"T         ", "\"Q\"\"T\"" },
+        { { 'M', 0x00, 0x7F, 0xFF, '%', '1', '\n', '\r', ' ', ' ', ' ', ' ' },
+          "M%00%7F%FF%251%0A%0D" },
+        { " LEAD IN    ", " LEAD IN" },
+        { "            ", "" },
+        { "%,\"         ", "\"%25,\"\"\"" },
+        { { 'x', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', 0x00 },
+          "x          %00" },
+    };
+    uint8_t p[PAYLOAD_MAX_PLAIN];
+    size_t len, i, n = sizeof cases / sizeof cases[0];
+    meter_item m;
+
+    begin("store-escape");
+    CHECK(store_open_here(1) == 0);
+    p[0] = (uint8_t)n;
+    for (i = 0; i < n; i++) {
+        memcpy(m.meter_id, cases[i].id, METER_ID_SIZE);
+        m.code = 2;
+        m.ts = 10;
+        meter_item_put(p, (unsigned)i, &m);
+    }
+    CHECK_EQ(store_add(&st_store, "D,\"1", CMD_METER_CHANGE_RSP, p,
+                       payload_size(CMD_METER_CHANGE_RSP, (unsigned)n), 1, 0, 20),
+             n);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    len = strlen(strcpy(want, meter_change_header));
+    for (i = 0; i < n; i++)
+        len += (size_t)snprintf(want + len, sizeof want - len,
+                                "\"D,\"\"1\",%s,2,10,20\n", cases[i].field);
+    CHECK_FILE("meter_change.csv", want);
+    end();
+}
+
+/* A second open finds the header and appends; it writes no second header. */
+static void test_store_header_once(void)
+{
+    begin("store-header");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 1);
+    CHECK_FILE("lp.csv", want);
+    CHECK_FILE("dcu_status.csv", dcu_status_header);
+    CHECK_FILE("meter_status.csv", meter_status_header);
+    end();
+}
+
+/* Many packets in one pass: one write and one fsync per file.  The fault
+ * table fails every write and fsync after the first of each file. */
+static void test_store_group_commit(void)
+{
+    uint8_t p[DCU_STATUS_SIZE] = { 0 };
+    unsigned i;
+
+    begin("store-group");
+    CHECK(store_open_here(1) == 0);
+    for (i = 0; i < 50; i++)
+        CHECK_EQ(add_k(3, (uint16_t)i), 3);
+    CHECK_EQ(store_add(&st_store, "DCU00001", CMD_DCU_STATUS_RSP, p,
+                       sizeof p, 7, 0, 1767225700), 1);
+    sys_fault_set("write:3+:ENOSPC,fsync:3+:EIO");
+    CHECK(store_commit(&st_store) == 0);
+    sys_fault_set("");
+    store_close(&st_store);
+    want_k(3, 0, 49);
+    CHECK_FILE("lp.csv", want);
+    CHECK_EQ(test_count_lines(path_of("dcu_status.csv"), "DCU00001,0,0,0,0,0,"), 1);
+    end();
+}
+
+/* More rows in one pass than a buffer holds: written out during the pass,
+ * committed all together. */
+static void test_store_overflow(void)
+{
+    unsigned f, n = LP_RECORDS_MAX_PLAIN, packets = 40;
+
+    begin("store-overflow");
+    CHECK(store_open_here(1) == 0);
+    for (f = 0; f < packets; f++)
+        CHECK_EQ(add_k(n, (uint16_t)f), n);
+    CHECK(st_store.out[STORE_LP].written > 0);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(n, 0, packets - 1);
+    CHECK(strlen(want) > 2 * STORE_BUF_SIZE);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* A pass that fails leaves each file at its committed content; the next
+ * pass succeeds. */
+static void check_failed_pass(const char *fault, unsigned packets,
+                              int add_fails)
+{
+    unsigned f, n = LP_RECORDS_MAX_PLAIN;
+    int failed = 0;
+
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(2, 0), 2);
+    CHECK(store_commit(&st_store) == 0);
+    sys_fault_set(fault);
+    for (f = 0; f < packets; f++)
+        failed |= add_k(n, (uint16_t)(100 + f)) < 0;
+    CHECK(store_commit(&st_store) == -1);
+    sys_fault_set("");
+    want_k(2, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    CHECK_EQ(st_store.pass_failed, 0);
+    CHECK_EQ(st_store.rows_pending, 0);
+    CHECK_EQ(add_k(2, 1), 2);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(2, 0, 1);
+    CHECK_FILE("lp.csv", want);
+    CHECK_EQ(failed, add_fails);
+}
+
+static void test_store_enospc_commit(void)
+{
+    begin("store-enospc");
+    check_failed_pass("write:1:ENOSPC", 1, 0);
+    end();
+}
+
+/* A short write is finished, not failed. */
+static void test_store_short_write(void)
+{
+    begin("store-short");
+    CHECK(store_open_here(1) == 0);
+    sys_fault_set("write:1:SHORT");
+    CHECK_EQ(add_k(5, 0), 5);
+    CHECK(store_commit(&st_store) == 0);
+    sys_fault_set("");
+    store_close(&st_store);
+    want_k(5, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* 77-row packets: the buffer is written out during the pass before the
+ * 12th, 23rd and 34th packet.  The second such write fails: store_add says
+ * so at once, and the rows already written are cut. */
+static void test_store_enospc_mid_pass(void)
+{
+    begin("store-midpass");
+    check_failed_pass("write:2:ENOSPC", 40, 1);
+    end();
+}
+
+/* Both mid-pass writes succeed; the commit's own write fails. */
+static void test_store_enospc_after_flush(void)
+{
+    begin("store-afterflush");
+    check_failed_pass("write:3:ENOSPC", 30, 0);
+    end();
+}
+
+static void test_store_eio_fsync(void)
+{
+    begin("store-eio");
+    check_failed_pass("fsync:1:EIO", 1, 0);
+    end();
+}
+
+/* A failure in one file fails the whole pass: the other file is cut too. */
+static void test_store_failure_spans_files(void)
+{
+    uint8_t p[DCU_STATUS_SIZE] = { 0 };
+
+    begin("store-span");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK_EQ(store_add(&st_store, "DCU00001", CMD_DCU_STATUS_RSP, p, sizeof p,
+                       1, 0, 5), 1);
+    sys_fault_set("fsync:2:EIO");
+    CHECK(store_commit(&st_store) == -1);
+    sys_fault_set("");
+    CHECK_FILE("lp.csv", lp_header);
+    CHECK_FILE("dcu_status.csv", dcu_status_header);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* lp.csv unlinked and replaced by a directory while open. */
+static void test_store_replaced_by_dir(void)
+{
+    begin("store-replaced");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(unlink(path_of("lp.csv")) == 0);
+    CHECK(mkdir(path_of("lp.csv"), 0755) == 0);
+    CHECK_EQ(add_k(1, 1), 1);               /* the old descriptor takes it */
+    CHECK(store_commit(&st_store) == -1);   /* but the path does not name it */
+    CHECK(add_k(1, 2) == -1);               /* a directory cannot be opened */
+    CHECK(store_commit(&st_store) == -1);
+    CHECK(rmdir(path_of("lp.csv")) == 0);
+    CHECK_EQ(add_k(1, 3), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 3, 3);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* Renamed away without SIGHUP: the pass fails rather than go to the old
+ * file; the next one starts a new file. */
+static void test_store_rotated_without_reopen(void)
+{
+    begin("store-rotated");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(rename(path_of("lp.csv"), path_of("lp.csv.1")) == 0);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == -1);
+    CHECK_EQ(add_k(1, 2), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv.1", want);
+    want_k(1, 2, 2);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* logrotate: rename, then SIGHUP. */
+static void test_store_reopen(void)
+{
+    begin("store-reopen");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(rename(path_of("lp.csv"), path_of("lp.csv.1")) == 0);
+    store_reopen(&st_store);
+    CHECK_FILE("lp.csv", lp_header);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv.1", want);
+    want_k(1, 1, 1);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* A reopen that fails leaves the file closed; the next packet reopens it. */
+static void test_store_reopen_retry(void)
+{
+    begin("store-retry");
+    CHECK(store_open_here(1) == 0);
+    sys_fault_set("open:1+:EMFILE");
+    store_reopen(&st_store);
+    CHECK(st_store.out[STORE_LP].fd == -1);
+    CHECK(add_k(1, 0) == -1);
+    CHECK(store_commit(&st_store) == -1);
+    sys_fault_set("");
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 1, 1);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* What a crash can leave: a partial last line, a file with no line at all,
+ * an empty file, a torn tail longer than one read. */
+static void test_store_torn_tail(void)
+{
+    char row[CSV_ROW_MAX];
+    size_t len;
+
+    begin("store-torn");
+    k_row(row, sizeof row, 0, "MTR000000001", 7, 0);
+    snprintf(want, sizeof want, "%s%sDCU00001,MTR0000", lp_header, row);
+    CHECK(test_write_file(path_of("lp.csv"), want) == 0);
+    CHECK(test_write_file(path_of("dcu_status.csv"), "dcu_id,fw_ver") == 0);
+    CHECK(test_write_file(path_of("meter_status.csv"), "") == 0);
+    len = strlen(strcpy(want, meter_change_header));
+    memset(want + len, 'x', 3000);
+    want[len + 3000] = '\0';
+    CHECK(test_write_file(path_of("meter_change.csv"), want) == 0);
+
+    CHECK(store_open_here(1) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    CHECK_FILE("dcu_status.csv", dcu_status_header);
+    CHECK_FILE("meter_status.csv", meter_status_header);
+    CHECK_FILE("meter_change.csv", meter_change_header);
+    end();
+}
+
+static void test_store_open_errors(void)
+{
+    char err[512];
+
+    begin("store-openerr");
+    CHECK(store_open_here(1) == 0);         /* creates the four files */
+    store_close(&st_store);
+    sys_fault_set("open:2:EMFILE");
+    CHECK(store_open(&st_store, dir, 1, err, sizeof err) == -1);
+    CHECK(strstr(err, "/dcu_status.csv: ") != NULL);
+    CHECK(st_store.out[STORE_LP].fd == -1);
+    sys_fault_set("");
+    CHECK(test_write_file(path_of("file"), "") == 0);
+    CHECK(store_open(&st_store, path_of("file"), 1, err, sizeof err) == -1);
+    CHECK(strstr(err, "/file") != NULL);
+    CHECK(unlink(path_of("lp.csv")) == 0);
+    CHECK(mkdir(path_of("lp.csv"), 0755) == 0);
+    CHECK(store_open(&st_store, dir, 1, err, sizeof err) == -1);
+    CHECK(strstr(err, "/lp.csv: ") != NULL);
+    end();
+}
+
+/* A pass without rows does nothing at all, so no fault can reach it. */
+static void test_store_empty_pass(void)
+{
+    uint8_t p[1] = { 0 };
+
+    begin("store-empty");
+    CHECK(store_open_here(1) == 0);
+    sys_fault_set("write:1+:ENOSPC,fsync:1+:EIO,open:1+:EMFILE");
+    CHECK(store_commit(&st_store) == 0);
+    CHECK_EQ(store_add(&st_store, "DCU00001", CMD_LP_RSP, p, 1, 1, 0, 1), 0);
+    CHECK(store_commit(&st_store) == 0);
+    sys_fault_set("");
+    store_close(&st_store);
+    CHECK_FILE("lp.csv", lp_header);
+    end();
+}
+
+/* Rows not committed were never acknowledged: store_close drops them, the
+ * ones still buffered and the ones already written out. */
+static void test_store_close_drops(void)
+{
+    unsigned f;
+
+    begin("store-close");
+    CHECK(store_open_here(1) == 0);
+    for (f = 0; f < 40; f++)
+        CHECK_EQ(add_k(LP_RECORDS_MAX_PLAIN, (uint16_t)f), LP_RECORDS_MAX_PLAIN);
+    store_close(&st_store);
+    CHECK_FILE("lp.csv", lp_header);
+    end();
+}
+
+static void test_store_sync_none(void)
+{
+    begin("store-nosync");
+    CHECK(store_open_here(0) == 0);
+    sys_fault_set("fsync:1+:EIO");
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    sys_fault_set("");
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* A caller's mistake is refused without failing the pass. */
+static void test_store_bad_arguments(void)
+{
+    uint8_t p[PAYLOAD_MAX_PLAIN];
+    size_t len = k_payload(p, 1, "MTR000000001");
+
+    begin("store-badargs");
+    CHECK(store_open_here(1) == 0);
+    CHECK(store_add(&st_store, "DCU00001", CMD_ACK, p, 0, 1, 0, 1) == -1);
+    CHECK(store_add(&st_store, "DCU00001", CMD_LP_RSP, p, len - 1, 1, 0, 1) == -1);
+    CHECK(store_add(&st_store, "DCU000001", CMD_LP_RSP, p, len, 1, 0, 1) == -1);
+    CHECK(store_add(&st_store, "", CMD_LP_RSP, p, len, 1, 0, 1) == -1);
+    CHECK_EQ(st_store.pass_failed, 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 0, 0);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* ------------------------------------------------------------------------
+ * state.c
+ * ---------------------------------------------------------------------- */
+
+#define STATE_DCUS 4
+
+static dcu_conf state_dcus[STATE_DCUS];
+static fep_config state_cfg;
+static fep_state st_state;
+
+/* The KCV of key 00 01 .. 0f: AES-128 of the zero block, first 8 bytes. */
+static const char kcv_example[] = "c6a13b37878f5b82";
+
+/* DCU0000i for i = 1..n; key_of[i]: 0 none, else key bytes j + key_of[i]
+ * (so key_of 1 is the key of PROTOCOL.md 6.2). */
+static void cfg_make(unsigned n, const unsigned *key_of)
+{
+    unsigned i, j;
+
+    memset(&state_cfg, 0, sizeof state_cfg);
+    memset(state_dcus, 0, sizeof state_dcus);
+    snprintf(state_cfg.state_dir, sizeof state_cfg.state_dir, "%s/state", dir);
+    for (i = 0; i < n; i++) {
+        snprintf(state_dcus[i].id, sizeof state_dcus[i].id, "DCU%05u", i + 1);
+        frame_id_set(state_dcus[i].sid, state_dcus[i].id);
+        state_dcus[i].has_key = key_of[i] != 0;
+        for (j = 0; j < KEY_SIZE; j++)
+            state_dcus[i].key[j] = (uint8_t)(j + key_of[i] - 1);
+    }
+    state_cfg.dcus = state_dcus;
+    state_cfg.n_dcus = n;
+}
+
+static int state_open_here(void)
+{
+    char err[512];
+    int rc = state_open(&st_state, &state_cfg, err, sizeof err);
+
+    if (rc != 0)
+        fprintf(stderr, "state_open: %s\n", err);
+    return rc;
+}
+
+static const char *state_text(void)
+{
+    return file_text("state/fepd.state");
+}
+
+static void state_write_file(const char *body)
+{
+    CHECK(mkdir(path_of("state"), 0755) == 0);
+    CHECK(test_write_file(path_of("state/fepd.state"), body) == 0);
+}
+
+static void state_end(void)
+{
+    unlink(path_of("state/fepd.state"));
+    unlink(path_of("state/fepd.state.tmp"));
+    rmdir(path_of("state"));
+    end();
+}
+
+static void test_state_fresh(void)
+{
+    static const unsigned keys[] = { 1, 0, 2 };
+    char line[64];
+
+    begin("state-fresh");
+    cfg_make(3, keys);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.n_keys, 2);
+    CHECK_EQ(st_state.n_dcus, 3);
+    CHECK(st_state.dcus[0].key == 0);
+    CHECK(st_state.dcus[1].key == -1);
+    CHECK(st_state.dcus[2].key == 1);
+    CHECK(st_state.dcus[0].session == -1 && st_state.dcus[2].session == -1);
+    CHECK_EQ(state_take_ic(&st_state, 0), 1);
+    CHECK_EQ(state_take_ic(&st_state, 0), 2);
+    CHECK_EQ(state_take_ic(&st_state, 0), 3);
+    CHECK_EQ(state_take_ic(&st_state, 1), 1);
+    CHECK_EQ(state_take_ic(&st_state, 2), 0);   /* no such key */
+    snprintf(line, sizeof line, "\ntx %s 0000065537\n", kcv_example);
+    CHECK(strstr(state_text(), line) != NULL);
+    CHECK(strstr(text, "\nrx ") == NULL && strstr(text, "\ndcu ") == NULL);
+    state_release(&st_state);
+    CHECK(st_state.dcus == NULL && st_state.keys == NULL);
+    state_end();
+}
+
+/* ICs handed out before a restart are never handed out again, saved or not. */
+static void test_state_restart(void)
+{
+    static const unsigned keys[] = { 1 };
+    uint32_t ic = 0;
+    unsigned i;
+
+    begin("state-restart");
+    cfg_make(1, keys);
+    CHECK(state_open_here() == 0);
+    for (i = 0; i < 10; i++)
+        ic = state_take_ic(&st_state, 0);
+    CHECK_EQ(ic, 10);
+    state_release(&st_state);               /* a crash: nothing saved */
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 65537);
+    state_release(&st_state);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 2 * 65536 + 1);
+    state_release(&st_state);
+    state_end();
+}
+
+/* Crossing a block boundary reserves and saves the next block first; if
+ * that save fails, no IC is handed out until it succeeds. */
+static void test_state_block_boundary(void)
+{
+    static const unsigned keys[] = { 1 };
+    char line[64];
+    uint32_t i;
+    int ok = 1;
+
+    begin("state-block");
+    cfg_make(1, keys);
+    CHECK(state_open_here() == 0);
+    for (i = 1; i <= IC_RESERVE_BLOCK; i++)
+        ok &= state_take_ic(&st_state, 0) == i;
+    CHECK(ok);
+    snprintf(line, sizeof line, "tx %s 0000065537\n", kcv_example);
+    CHECK(strstr(state_text(), line) != NULL);
+    sys_fault_set("rename:1:EIO");
+    CHECK_EQ(state_take_ic(&st_state, 0), 0);
+    sys_fault_set("");
+    CHECK(strstr(state_text(), line) != NULL);
+    CHECK_EQ(st_state.keys[0].tx_ic_reserved, 65537);
+    CHECK_EQ(state_take_ic(&st_state, 0), 65537);
+    snprintf(line, sizeof line, "tx %s 0000131073\n", kcv_example);
+    CHECK(strstr(state_text(), line) != NULL);
+    state_release(&st_state);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 131073);
+    state_release(&st_state);
+    state_end();
+}
+
+/* DCUs that share a key draw from one IC sequence. */
+static void test_state_shared_key(void)
+{
+    static const unsigned keys[] = { 1, 2, 1, 0 };
+
+    begin("state-shared");
+    cfg_make(4, keys);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.n_keys, 2);
+    CHECK(st_state.dcus[0].key == st_state.dcus[2].key);
+    CHECK(st_state.dcus[1].key != st_state.dcus[0].key);
+    CHECK(st_state.dcus[3].key == -1);
+    CHECK_EQ(state_take_ic(&st_state, (unsigned)st_state.dcus[0].key), 1);
+    CHECK_EQ(state_take_ic(&st_state, (unsigned)st_state.dcus[2].key), 2);
+    CHECK_EQ(state_take_ic(&st_state, (unsigned)st_state.dcus[1].key), 1);
+    state_release(&st_state);
+    state_end();
+}
+
+/* rx_ic and the statistics survive a restart; a line whose key changed, or
+ * whose DCU is gone, is skipped. */
+static void test_state_rx_and_stats(void)
+{
+    static const unsigned keys[] = { 1, 0, 3 };
+    static const unsigned keys_changed[] = { 2, 0, 3 };
+    char line[80];
+
+    begin("state-rx");
+    cfg_make(3, keys);
+    CHECK(state_open_here() == 0);
+    st_state.dcus[0].rx_ic = 42;
+    st_state.dcus[2].rx_ic = 4294967295u;
+    st_state.dcus[1].last_success_s = 1767225600;
+    st_state.dcus[1].sessions_ok = 3;
+    st_state.dcus[1].sessions_failed = 1;
+    st_state.dcus[1].records = 18446744073709551615u;
+    st_state.dirty = 1;
+    CHECK(state_save(&st_state, &state_cfg) == 0);
+    CHECK_EQ(st_state.dirty, 0);
+    snprintf(line, sizeof line, "\nrx DCU00001 %s 42\n", kcv_example);
+    CHECK(strstr(state_text(), line) != NULL);
+    CHECK(strstr(text, "\ndcu DCU00002 1767225600 3 1 18446744073709551615\n") != NULL);
+    CHECK(strstr(text, "\ndcu DCU00001") == NULL);
+    state_release(&st_state);
+
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.dcus[0].rx_ic, 42);
+    CHECK_EQ(st_state.dcus[2].rx_ic, 4294967295u);
+    CHECK_EQ(st_state.dcus[1].rx_ic, 0);
+    CHECK_EQ(st_state.dcus[1].last_success_s, 1767225600);
+    CHECK_EQ(st_state.dcus[1].sessions_ok, 3);
+    CHECK_EQ(st_state.dcus[1].sessions_failed, 1);
+    CHECK_EQ(st_state.dcus[1].records, 18446744073709551615u);
+    state_release(&st_state);
+
+    cfg_make(3, keys_changed);              /* DCU00001 has a new key */
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.dcus[0].rx_ic, 0);
+    CHECK_EQ(state_take_ic(&st_state, (unsigned)st_state.dcus[0].key), 1);
+    CHECK_EQ(st_state.dcus[2].rx_ic, 4294967295u);
+    CHECK_EQ(st_state.dcus[1].sessions_ok, 3);
+    state_release(&st_state);
+
+    cfg_make(1, keys_changed);              /* DCU00002 and 3 are gone */
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.n_dcus, 1);
+    CHECK(strstr(state_text(), "DCU00002") == NULL);
+    state_release(&st_state);
+    state_end();
+}
+
+/* A file written by hand (comments, blank lines, a missing last newline,
+ * upper-case hex, tabs) loads; lines in config order or not. */
+static void test_state_load_liberal(void)
+{
+    static const unsigned keys[] = { 1, 1 };
+    char body[512];
+
+    begin("state-liberal");
+    cfg_make(2, keys);
+    snprintf(body, sizeof body,
+             "# comment\n\n"
+             "dcu DCU00002 5 6 7 8\n"
+             "rx\tDCU00002 C6A13B37878F5B82 9\r\n"
+             "tx %s 1000\n"
+             "tx 0123456789abcdef 99999\n"
+             "rx DCU00009 %s 4\n"
+             "rx DCU00001 %s 77", kcv_example, kcv_example, kcv_example);
+    state_write_file(body);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.n_keys, 1);
+    CHECK_EQ(state_take_ic(&st_state, 0), 1000);
+    CHECK_EQ(st_state.dcus[0].rx_ic, 77);
+    CHECK_EQ(st_state.dcus[1].rx_ic, 9);
+    CHECK_EQ(st_state.dcus[1].last_success_s, 5);
+    CHECK_EQ(st_state.dcus[1].records, 8);
+    state_release(&st_state);
+    state_end();
+}
+
+/* A malformed line stops the start, naming file and line. */
+static void test_state_corrupt(void)
+{
+    static const unsigned keys[] = { 1 };
+    static const struct { const char *body; const char *where; } cases[] = {
+        { "# x\n\ntx zz 5\n", "fepd.state:3: " },
+        { "tx c6a13b37878f5b82 0\n", "fepd.state:1: " },
+        { "tx c6a13b37878f5b82 4294967296\n", "fepd.state:1: " },
+        { "tx c6a13b37878f5b82 12x\n", "fepd.state:1: " },
+        { "#\nbogus 1 2\n", "fepd.state:2: " },
+        { "dcu DCU00001 1 2 3\n", "fepd.state:1: " },
+        { "rx DCU00001 c6a13b37878f5b82 -1\n", "fepd.state:1: " },
+        { "dcu DCU00001 1 2 3 4 5 6 7\n", "fepd.state:1: " },
+        { "#\n#\n#\n#\n\nrx DCU00001 c6a13b37878f5b8 1", "fepd.state:6: " },
+    };
+    char err[512], longline[400];
+    size_t i;
+
+    begin("state-corrupt");
+    cfg_make(1, keys);
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        state_write_file(cases[i].body);
+        err[0] = '\0';
+        CHECK(state_open(&st_state, &state_cfg, err, sizeof err) == -1);
+        CHECK(strstr(err, cases[i].where) != NULL);
+        CHECK(st_state.dcus == NULL && st_state.save_buf == NULL);
+        CHECK_STR_EQ(state_text(), cases[i].body);  /* left as it was */
+        state_end();
+        begin("state-corrupt");
+        cfg_make(1, keys);
+    }
+    memset(longline, '#', sizeof longline - 1);
+    longline[sizeof longline - 1] = '\0';
+    state_write_file(longline);
+    CHECK(state_open(&st_state, &state_cfg, err, sizeof err) == -1);
+    CHECK(strstr(err, "fepd.state:1: line too long") != NULL);
+    state_end();
+}
+
+/* A save that fails at any step leaves the old file as it was. */
+static void test_state_save_failure(void)
+{
+    static const unsigned keys[] = { 1, 0 };
+    static const char *const faults[] = {
+        "rename:1:EIO", "fsync:1:EIO", "write:1:ENOSPC", "open:1:EMFILE"
+    };
+    char before[4096];
+    size_t i;
+
+    begin("state-savefail");
+    cfg_make(2, keys);
+    CHECK(state_open_here() == 0);
+    strcpy(before, state_text());
+    for (i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        st_state.dcus[1].sessions_ok = 10 + i;
+        st_state.dirty = 1;
+        sys_fault_set(faults[i]);
+        CHECK(state_save(&st_state, &state_cfg) == -1);
+        sys_fault_set("");
+        CHECK_EQ(st_state.dirty, 1);
+        CHECK_STR_EQ(state_text(), before);
+    }
+    CHECK(state_save(&st_state, &state_cfg) == 0);
+    CHECK(strstr(state_text(), "dcu DCU00002 0 13 0 0\n") != NULL);
+    state_release(&st_state);
+    state_end();
+}
+
+/* state_open does not start when the reservation cannot be saved. */
+static void test_state_open_save_failure(void)
+{
+    static const unsigned keys[] = { 1 };
+    char err[512];
+
+    begin("state-openfail");
+    cfg_make(1, keys);
+    sys_fault_set("rename:1:EIO");
+    CHECK(state_open(&st_state, &state_cfg, err, sizeof err) == -1);
+    CHECK(strstr(err, "/state/fepd.state: save (rename): ") != NULL);
+    CHECK(st_state.dcus == NULL);
+    sys_fault_set("");
+    state_end();
+}
+
+/* IC 0xFFFFFFFF is never used; after 0xFFFFFFFE every take fails. */
+static void test_state_exhausted(void)
+{
+    static const unsigned keys[] = { 1 };
+    char body[128];
+
+    begin("state-exhausted");
+    cfg_make(1, keys);
+    snprintf(body, sizeof body, "tx %s 4294967294\n", kcv_example);
+    state_write_file(body);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.keys[0].tx_ic_reserved, 0xFFFFFFFFu);
+    CHECK_EQ(state_take_ic(&st_state, 0), 0xFFFFFFFEu);
+    CHECK_EQ(state_take_ic(&st_state, 0), 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 0);
+    state_release(&st_state);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 0);
+    state_release(&st_state);
+    state_end();
+}
+
+/* A DCU list with no key at all, and state_dir's parents created. */
+static void test_state_no_keys(void)
+{
+    static const unsigned keys[] = { 0, 0 };
+
+    begin("state-nokeys");
+    cfg_make(2, keys);
+    snprintf(state_cfg.state_dir, sizeof state_cfg.state_dir, "%s/a/b", dir);
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(st_state.n_keys, 0);
+    CHECK_EQ(state_take_ic(&st_state, 0), 0);
+    CHECK(test_read_file(path_of("a/b/fepd.state"), text, sizeof text) > 0);
+    CHECK(strstr(text, "\ntx ") == NULL);
+    state_release(&st_state);
+    unlink(path_of("a/b/fepd.state"));
+    rmdir(path_of("a/b"));
+    rmdir(path_of("a"));
+    end();
+}
+
+void test_store_suite(void)
+{
+    test_run("store_rows_exact", test_store_rows_exact);
+    test_run("store_escaping", test_store_escaping);
+    test_run("store_header_once", test_store_header_once);
+    test_run("store_group_commit", test_store_group_commit);
+    test_run("store_overflow", test_store_overflow);
+    test_run("store_enospc_commit", test_store_enospc_commit);
+    test_run("store_short_write", test_store_short_write);
+    test_run("store_enospc_mid_pass", test_store_enospc_mid_pass);
+    test_run("store_enospc_after_flush", test_store_enospc_after_flush);
+    test_run("store_eio_fsync", test_store_eio_fsync);
+    test_run("store_failure_spans_files", test_store_failure_spans_files);
+    test_run("store_replaced_by_dir", test_store_replaced_by_dir);
+    test_run("store_rotated_without_reopen", test_store_rotated_without_reopen);
+    test_run("store_reopen", test_store_reopen);
+    test_run("store_reopen_retry", test_store_reopen_retry);
+    test_run("store_torn_tail", test_store_torn_tail);
+    test_run("store_open_errors", test_store_open_errors);
+    test_run("store_empty_pass", test_store_empty_pass);
+    test_run("store_close_drops", test_store_close_drops);
+    test_run("store_sync_none", test_store_sync_none);
+    test_run("store_bad_arguments", test_store_bad_arguments);
+
+    test_run("state_fresh", test_state_fresh);
+    test_run("state_restart", test_state_restart);
+    test_run("state_block_boundary", test_state_block_boundary);
+    test_run("state_shared_key", test_state_shared_key);
+    test_run("state_rx_and_stats", test_state_rx_and_stats);
+    test_run("state_load_liberal", test_state_load_liberal);
+    test_run("state_corrupt", test_state_corrupt);
+    test_run("state_save_failure", test_state_save_failure);
+    test_run("state_open_save_failure", test_state_open_save_failure);
+    test_run("state_exhausted", test_state_exhausted);
+    test_run("state_no_keys", test_state_no_keys);
+}
