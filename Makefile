@@ -16,7 +16,7 @@ FEPD_MODULES = config.c store.c state.c metrics.c
 FEPD_SRC = fep.c session.c $(FEPD_MODULES) $(CORE_SRC)
 DCUSIM_SRC = dcusim.c $(CORE_SRC)
 TEST_FILES = test.c test_crypto.c test_frame.c test_config.c test_store.c \
-             test_sim.c test_fep.c
+             test_sim.c test_fep.c test_fault.c
 # The unit tests link fepd's modules (not fep.c, which holds main).
 TEST_SRC = $(TEST_FILES) $(wildcard $(FEPD_MODULES)) $(CORE_SRC)
 BENCH_SRC = bench.c $(CORE_SRC)
@@ -33,7 +33,7 @@ PROGRAMS = fepd fepd_t dcusim fep_test fep_bench
 SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                  -fno-sanitize-recover=all
 
-.PHONY: all test sanitize bench clean FORCE
+.PHONY: all test sanitize valgrind bench demo fuzz-long clean FORCE
 
 all: $(PROGRAMS)
 
@@ -62,6 +62,18 @@ test: $(PROGRAMS)
 # The same tests with AddressSanitizer and UBSan in every binary.
 sanitize:
 	$(MAKE) test EXTRA_CFLAGS='$(SANITIZE_FLAGS)' EXTRA_LDFLAGS='-fsanitize=address,undefined' OPT=
+
+# The frame decoder's mutation fuzz loop, longer than in `make test`.
+fuzz-long: fep_test
+	FUZZ_ITERATIONS=$${FUZZ_ITERATIONS:-10000000} ./fep_test frame_fuzz
+
+# fepd's integration tests with fepd under valgrind memcheck.
+valgrind: fepd_t dcusim fep_test
+	FEP_TEST_VALGRIND=1 ./fep_test fep_poll
+
+# Two commands from a fresh clone to seeing it work: make demo, make test.
+demo: fepd dcusim
+	sh ./demo.sh
 
 bench: fep_bench fepd dcusim
 	./fep_bench

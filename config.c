@@ -29,15 +29,18 @@
 #include "fep.h"
 
 #define CONFIG_LINE_MAX 1023            /* characters, newline not counted */
-#define CONFIG_FIELDS_MAX 6             /* dcu ID ADDRESS key= poll= and one extra to name */
-#define FIELD_SEPARATORS " \t\r"        /* \r: a file saved with CRLF still reads */
+/* dcu ID ADDRESS key= poll=, and one more to name in "extra value" */
+#define CONFIG_FIELDS_MAX 6
+#define FIELD_SEPARATORS " \t\r"        /* \r: a CRLF file still reads */
 #define DURATION_MAX_S 86400
 #define MS_PER_S 1000
-/* data_dir and state_dir leave room for "/meter_change.csv", "/fepd.state.tmp". */
+/* data_dir and state_dir leave room for a file name ("/fepd.state.tmp"). */
 #define PATH_TEXT_MAX (PATH_SIZE - 32)
-#define WHY_SIZE (CONFIG_LINE_MAX + 128) /* a problem, quoting a value of a whole line */
+/* A problem, quoting a value as long as a whole line. */
+#define WHY_SIZE (CONFIG_LINE_MAX + 128)
 
-/* The fields of one line, comment removed; n counts them all, f holds the first ones. */
+/* The fields of one line, comment removed: n counts them all, f holds the
+ * first CONFIG_FIELDS_MAX. */
 typedef struct line_fields {
     char *f[CONFIG_FIELDS_MAX];
     unsigned n;
@@ -47,7 +50,8 @@ typedef struct line_fields {
 typedef int (*value_parser)(const char *text, void *field, char *why,
                             size_t whylen);
 
-static int parse_fep_id(const char *text, void *field, char *why, size_t whylen);
+static int parse_fep_id(const char *text, void *field, char *why,
+                        size_t whylen);
 static int parse_addr(const char *text, void *field, char *why, size_t whylen);
 static int parse_path(const char *text, void *field, char *why, size_t whylen);
 static int parse_sessions(const char *text, void *field, char *why,
@@ -59,12 +63,12 @@ static int parse_sync(const char *text, void *field, char *why, size_t whylen);
 #define NO_FLAG ((size_t)-1)
 #define AT(member) offsetof(fep_config, member)
 
-/* Every directive but dcu; DESIGN.md section 2 is the reference for the defaults. */
+/* Every directive but dcu; the defaults are those of DESIGN.md section 2. */
 static const struct directive {
     const char *name;
     value_parser parse;
     size_t field;                       /* offset of the value in fep_config */
-    size_t flag;                        /* offset of an int set to 1 when given */
+    size_t flag;                        /* of an int set to 1 when given */
     const char *deflt;                  /* NULL: off unless given */
 } directives[] = {
     { "fep_id", parse_fep_id, AT(fep_id), NO_FLAG, "FEP00001" },
@@ -92,8 +96,8 @@ typedef struct config_reader {
     int too_long;                       /* the line in buf was cut */
     char *err;
     size_t errlen;
-    unsigned given[DIRECTIVES];         /* line where each was given, 0 not yet */
-    unsigned dcu_cap;                   /* dcu lines counted by the first pass */
+    unsigned given[DIRECTIVES];         /* line of each, 0 not given yet */
+    unsigned dcu_cap;                   /* dcu lines found by the first pass */
     char buf[CONFIG_LINE_MAX + 2];      /* a line, its newline and the NUL */
 } config_reader;
 
@@ -206,7 +210,7 @@ static int hex_digit(char c)
     return -1;
 }
 
-/* 1..8 characters, each printable ASCII other than space: the wire pads with spaces. */
+/* 1..8 printable ASCII characters, no space: the wire pads ids with spaces. */
 static int id_valid(const char *text)
 {
     size_t i, n = strlen(text);
@@ -362,27 +366,35 @@ static int parse_key(const char *text, dcu_conf *dc, char *why, size_t whylen)
 static int parse_poll(const char *text, dcu_conf *dc, char *why, size_t whylen)
 {
     char letters[POLL_CMDS_MAX + 1];
-    size_t n = 0, i = 0;
+    const char *p = text;
+    size_t n = 0;
 
-    for (;;) {
-        char c = text[i];
-        if (c == '\0' || !strchr("ksmn", c) || memchr(letters, c, n) ||
-            n == POLL_CMDS_MAX)
-            break;
-        letters[n++] = c;
-        if (text[i + 1] == '\0') {
+    while (n < POLL_CMDS_MAX && *p && strchr("ksmn", *p) &&
+           !memchr(letters, *p, n)) {
+        letters[n++] = *p++;
+        if (*p == '\0') {
             letters[n] = '\0';
             memcpy(dc->poll, letters, n + 1);
             return 0;
         }
-        if (text[i + 1] != ',')
+        if (*p++ != ',')
             break;
-        i += 2;
     }
     snprintf(why, whylen, "must be a comma-separated list of k s m n, each "
              "at most once (e.g. k,s), got '%s'", text);
     return -1;
 }
+
+/* The options of a dcu line, each NAME=VALUE at most once, in any order. */
+static const struct dcu_option {
+    const char *name;
+    int (*parse)(const char *text, dcu_conf *dc, char *why, size_t whylen);
+} dcu_options[] = {
+    { "key", parse_key },
+    { "poll", parse_poll },
+};
+
+#define DCU_OPTIONS (sizeof dcu_options / sizeof dcu_options[0])
 
 /* ------------------------------------------------------------------------
  * Directives
@@ -451,32 +463,28 @@ static int dcu_address(config_reader *r, dcu_conf *dc, const char *text)
     return 0;
 }
 
-/* key=HEX32|- or poll=CMDS; given tracks which were seen on this line. */
-static int dcu_option(config_reader *r, dcu_conf *dc, const char *opt,
-                      unsigned *given)
+/* One NAME=VALUE of a dcu line; the bits of *given say which were seen. */
+static int apply_dcu_option(config_reader *r, dcu_conf *dc, const char *opt,
+                            unsigned *given)
 {
-    static const char *const names[2] = { "key=", "poll=" };
     char why[WHY_SIZE];
-    const char *value;
-    unsigned k;
-    int rc;
+    size_t k, len;
 
-    for (k = 0; k < 2; k++)
-        if (strncmp(opt, names[k], strlen(names[k])) == 0)
+    for (k = 0; k < DCU_OPTIONS; k++) {
+        len = strlen(dcu_options[k].name);
+        if (strncmp(opt, dcu_options[k].name, len) == 0 && opt[len] == '=')
             break;
-    if (k == 2)
+    }
+    if (k == DCU_OPTIONS)
         return reader_fail(r, "dcu %s: unknown option '%s' (expected "
                            "key=HEX32|- or poll=CMDS)", dc->id, opt);
     if (*given & (1u << k))
-        return reader_fail(r, "dcu %s: option %.*s given twice", dc->id,
-                           (int)strlen(names[k]) - 1, names[k]);
+        return reader_fail(r, "dcu %s: option %s given twice", dc->id,
+                           dcu_options[k].name);
     *given |= 1u << k;
-    value = opt + strlen(names[k]);
-    rc = k == 0 ? parse_key(value, dc, why, sizeof why)
-                : parse_poll(value, dc, why, sizeof why);
-    if (rc != 0)
-        return reader_fail(r, "dcu %s: %.*s %s", dc->id,
-                           (int)strlen(names[k]) - 1, names[k], why);
+    if (dcu_options[k].parse(opt + len + 1, dc, why, sizeof why) != 0)
+        return reader_fail(r, "dcu %s: %s %s", dc->id, dcu_options[k].name,
+                           why);
     return 0;
 }
 
@@ -503,7 +511,7 @@ static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
         return -1;
     strcpy(dc->poll, "k");
     for (i = 3; i < lf->n; i++)
-        if (dcu_option(r, dc, lf->f[i], &given) != 0)
+        if (apply_dcu_option(r, dc, lf->f[i], &given) != 0)
             return -1;
     frame_id_set(dc->sid, dc->id);
     dc->line = r->line;
@@ -622,7 +630,7 @@ static int index_dcus(config_reader *r, fep_config *cfg)
 static int config_allocate(config_reader *r, fep_config *cfg)
 {
     if (r->dcu_cap == 0)
-        return 0;                       /* parse_lines reports the other errors first */
+        return 0;               /* "no dcu line" is reported after the lines */
     cfg->dcus = calloc(r->dcu_cap, sizeof *cfg->dcus);
     cfg->by_sid = calloc(r->dcu_cap, sizeof *cfg->by_sid);
     if (!cfg->dcus || !cfg->by_sid)

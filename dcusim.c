@@ -57,7 +57,7 @@
 #define SIM_LISTEN_MAX 8                /* --listen addresses, one fd each */
 #define SIM_FAULTS_MAX 16               /* --fault options, ~270 bytes each */
 #define SIM_RANGES_MAX 32               /* "3,7-9" items of one fault target */
-#define SIM_GARBAGE_MAX 8192            /* garbage:N, enough to pass GARBAGE_MAX */
+#define SIM_GARBAGE_MAX 8192            /* garbage:N; can pass GARBAGE_MAX */
 #define SIM_TX_SIZE (SIM_GARBAGE_MAX + FRAME_SIZE_MAX) /* 10 KiB a slot */
 #define SIM_FD_RESERVED 32              /* stdio, listeners, output files */
 #define SIM_SLOTS_MAX (FD_SETSIZE - SIM_FD_RESERVED)
@@ -65,17 +65,17 @@
 #define SIM_DCU_NUM_MAX 99999u          /* ids are DCU%05u */
 #define SIM_METERS_MAX 65535u           /* meter_count is a u16 */
 #define SIM_RECORDS_MAX 10000000u
-#define SIM_FSN_MAX 65535u              /* packets of one response: FSN is a u16 */
+#define SIM_FSN_MAX 65535u              /* packets of a response (FSN u16) */
 #define SIM_PUSH_CMDS_MAX 16
 #define SIM_CRC_RETRIES 3               /* PROTOCOL.md section 5, DCU rules */
-#define SIM_HOLD_TIMEOUTS 30            /* silent/noread hold, in --timeout units */
+#define SIM_HOLD_TIMEOUTS 30            /* silent/noread hold, x --timeout */
 #define SIM_ACCEPT_BATCH 64             /* accepts per listener per pass */
 #define SIM_ACCEPT_PAUSE_MS 100         /* after EMFILE: let slots free up */
 #define SIM_FLUSH_MS 200                /* output files lag at most this much */
 #define SIM_TICK_MS 1000                /* longest select() sleep */
 #define SIM_FW_VERSION 0x0102
 #define SIM_INTERVAL_S 900
-#define SIM_NOREAD_RCVBUF 256           /* bytes: so that the FEP's writes stall */
+#define SIM_NOREAD_RCVBUF 256           /* bytes: the FEP's writes stall */
 
 FEP_STATIC_ASSERT(SIM_LISTEN_MAX + 3 + 3 + 8 <= SIM_FD_RESERVED,
                   reserved_fds_cover_listeners_and_files);
@@ -102,42 +102,46 @@ static const struct fault_info {
     const char *help;
 } fault_info[FM_COUNT] = {
     { "dribble", 1, 5, 1, 60000,
-      "write every frame one byte at a time, MS ms apart (default 5)" },
+      "write every frame one byte at a time, MS ms apart\n"
+      "                        (default 5)" },
     { "garbage", 1, 100, 1, SIM_GARBAGE_MAX,
-      "N bytes of garbage (never 0x7E) before the first frame of a session\n"
-      "                        (default 100, at most 8192)" },
+      "N bytes of garbage (never 0x7E) before the first frame\n"
+      "                        of a session (default 100, at most 8192)" },
     { "crc", 1, 0, 0, SIM_FSN_MAX - 1,
-      "packet FSN I (default 0) goes out once with a corrupt CRC; the\n"
-      "                        retransmission after the NACK CRC is good" },
+      "packet FSN I (default 0) goes out once with a corrupt\n"
+      "                        CRC; the retransmission after the NACK CRC is good" },
     { "crc-always", 1, 0, 0, SIM_FSN_MAX - 1,
-      "packet I (default 0) always has a corrupt CRC, so the FEP's\n"
-      "                        third-strike rule closes the connection" },
+      "packet I (default 0) always has a corrupt CRC, so the\n"
+      "                        FEP's third-strike rule closes the connection" },
     { "badtag", 1, 0, 0, SIM_FSN_MAX - 1,
-      "packet I (default 0) has one tag bit flipped, CRC right (keyed DCUs)" },
+      "packet I (default 0) has one tag bit flipped, CRC\n"
+      "                        right (keyed DCUs)" },
     { "replay", 1, 1, 0, SIM_FSN_MAX - 1,
-      "packet I (default 1) is protected with the IC of the frame sent\n"
-      "                        before it (a reused IC; keyed DCUs)" },
+      "packet I (default 1) is protected with the IC of the\n"
+      "                        frame sent before it (a reused IC; keyed DCUs)" },
     { "skip-fsn", 1, 0, 0, SIM_FSN_MAX - 1,
       "packet I (default 0) is sent with FSN I+1" },
     { "dup-fsn", 1, 0, 0, SIM_FSN_MAX - 1,
-      "after packet I (default 0) is ACKed it is sent again (same QSN, FSN\n"
-      "                        and records, new MSN and IC) and that ACK awaited too" },
+      "after packet I (default 0) is ACKed it is sent again\n"
+      "                        (same QSN, FSN and records, new MSN and IC); that ACK\n"
+      "                        is awaited too" },
     { "oversize", 0, 0, 0, 0,
       "the first packet's header says LEN 2019 (HCS right)" },
     { "silent", 0, 0, 0, 0,
-      "never answers: reads and discards, holds the connection until the\n"
-      "                        FEP closes it" },
+      "never answers: reads and discards, holds the\n"
+      "                        connection until the FEP closes it" },
     { "nack", 1, FEP_ERR_COMMAND, 0, 255,
-      "answers every request with NACK CODE (default 7), then waits for the\n"
-      "                        next request (polls only)" },
+      "answers every request with NACK CODE (default 7), then\n"
+      "                        waits for the next request (polls only)" },
     { "plaintext", 0, 0, 0, 0,
       "a keyed DCU sends its frames unprotected" },
     { "noread", 0, 0, 0, 0,
-      "reads nothing once the connection is open (a poll: once its first\n"
-      "                        request told the DCU), sends nothing, small SO_RCVBUF;\n"
-      "                        held until the FEP closes it" },
+      "reads nothing once the connection is open (a poll:\n"
+      "                        once its first request named the DCU), sends nothing,\n"
+      "                        small SO_RCVBUF; held until the FEP closes it" },
     { "cut", 1, 15, 1, FRAME_SIZE_MAX,
-      "closes after writing N bytes (default 15) of the first packet" },
+      "closes after writing N bytes (default 15) of the first\n"
+      "                        packet" },
     { "slowloris", 0, 0, 0, 0,
       "one byte per second (dribble:1000)" },
 };
@@ -213,16 +217,16 @@ struct sim_dcu {
 /* One response being delivered, stop-and-wait. */
 struct xchg {
     uint8_t cmd;                        /* K S M N; 0 = none */
-    uint8_t advances;                   /* a K of undelivered records: ACKs move acked */
-    uint8_t crc_nacks;                  /* NACK CRC received for the packet in flight */
+    uint8_t advances;                   /* K of new records: ACKs move acked */
+    uint8_t crc_nacks;                  /* NACK CRCs for the packet in flight */
     uint8_t crc_spoiled;                /* fault crc: its bad copy went out */
-    uint8_t dup_sent;                   /* fault dup-fsn: its second copy went out */
+    uint8_t dup_sent;                   /* dup-fsn: the second copy went */
     uint16_t qsn;
     uint16_t fsn;                       /* the packet in flight */
-    uint16_t wire_fsn;                  /* its FSN on the wire (skip-fsn differs) */
+    uint16_t wire_fsn;                  /* its FSN on the wire (skip-fsn) */
     uint16_t n_packets;
     uint16_t per;                       /* items per packet */
-    uint32_t lo, hi;                    /* items [lo, hi): records (K), meters (M N) */
+    uint32_t lo, hi;                    /* items: records (K), meters (M N) */
 };
 
 enum conn_state {
@@ -253,15 +257,15 @@ struct conn {
     int32_t dcu;                        /* DCU spoken for; -1 none yet */
     int32_t key_dcu;                    /* DCU whose key is in gk; -1 none */
     uint8_t bound;                      /* holds dcu: dcus[dcu].slot is this */
-    uint8_t sent_any;                   /* a frame went out (garbage before the first) */
-    uint8_t sent_packet;                /* a packet went out (oversize, cut: first one) */
+    uint8_t sent_any;                   /* a frame went out (garbage: before) */
+    uint8_t sent_packet;                /* a packet went out (oversize, cut) */
     uint8_t crc_strikes;                /* consecutive bad CRCs from the FEP */
-    uint8_t cut;                        /* fault cut: close when tx_end is written */
-    uint8_t peek_blind;                 /* noread: data queued hides the FEP's close */
+    uint8_t cut;                        /* fault cut: close at tx_end */
+    uint8_t peek_blind;                 /* noread: queued data hides a close */
     uint8_t push_cmd;                   /* push: K S M N */
     uint8_t peer_sid[FRAME_ID_SIZE];    /* SID of a NACK to an unknown DID */
     uint16_t msn;                       /* frames sent on this connection */
-    uint32_t last_ic;                   /* IC of the last protected frame sent */
+    uint32_t last_ic;                   /* IC of the last protected frame */
     struct fault_set fx;
     struct xchg x;
     size_t tx_len, tx_off, tx_end;      /* tx[tx_off, tx_end) still to write */
@@ -846,7 +850,8 @@ static void lp_range(uint32_t from, uint32_t to, uint32_t limit,
     *lo = *hi = 0;
     if (to < start || from > to)
         return;
-    a = from <= start ? 0 : (from - start + SIM_INTERVAL_S - 1) / SIM_INTERVAL_S;
+    a = from <= start ? 0
+                      : (from - start + SIM_INTERVAL_S - 1) / SIM_INTERVAL_S;
     b = (to - start) / SIM_INTERVAL_S + 1;
     a *= m;
     b *= m;
@@ -915,7 +920,7 @@ static void lp_acked(struct conn *c)
     uint32_t b = min_u32(a + c->x.per, c->x.hi);
 
     if (a > d->acked || b <= d->acked)
-        return;                         /* a gap cannot be acked; a dup adds nothing */
+        return;                         /* no gap; a copy adds nothing */
     csv_records(&sim.acked, c->dcu, d->acked, b);
     sim.c.records_acked += b - d->acked;
     d->acked = b;
@@ -935,16 +940,14 @@ static void xchg_done(struct conn *c)
 /*
  * Faults silent and noread: the connection is held, unanswered, until the
  * FEP closes it, bounded by SIM_HOLD_TIMEOUTS x --timeout.  noread shrinks
- * the receive buffer (the seam has no call for it, hence setsockopt here)
- * so that a FEP that keeps writing soon finds its writes blocked.
+ * the receive buffer so that a FEP that keeps writing soon finds its writes blocked.
  */
 static void conn_hold(struct conn *c)
 {
     c->state = CONN_HOLD;
     c->deadline_ms = sim.now_ms + SIM_HOLD_TIMEOUTS * sim.o.timeout_ms;
     if (fx_on(c, FM_NOREAD)) {
-        int size = SIM_NOREAD_RCVBUF;
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        sys_set_rcvbuf(c->fd, SIM_NOREAD_RCVBUF);
     }
 }
 
@@ -956,8 +959,9 @@ static void conn_hold(struct conn *c)
 static void reject(struct conn *c, const frame *f, fep_err code)
 {
     sim.c.bad_frames++;
-    log_msg(LOG_DEBUG, "frame CMD 0x%02X refused: %s", f->cmd,
-            fep_strerror(code));
+    log_msg(LOG_DEBUG, "frame CTL 0x%02X CMD 0x%02X SID '%.8s' DID '%.8s' "
+            "refused: %s", f->ctl, f->cmd, (const char *)f->sid,
+            (const char *)f->did, fep_strerror(code));
     conn_nack(c, (uint8_t)code, f->qsn, f->fsn, CONN_CLOSING);
 }
 
@@ -1173,17 +1177,15 @@ static void conn_take_frames(struct conn *c)
 /*
  * noread must not consume what the FEP sent, yet must notice its close:
  * a peek of 0 bytes is the FIN.  With data queued the FIN cannot be seen
- * without reading, so the slot then waits for its deadline.  The seam has no
- * peek, hence the one direct recv() of this file.
+ * without reading, so the slot then waits for its deadline.
  */
 static void hold_peek(struct conn *c)
 {
-    uint8_t b;
-    ssize_t r = recv(c->fd, &b, 1, MSG_PEEK);
+    ssize_t r = sys_peek(c->fd);
 
-    if (r == 0)
+    if (r == SYS_EOF)
         conn_close(c, "closed by the FEP");
-    else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    else if (r == SYS_ERROR)
         conn_close(c, "connection broken");
     else if (r > 0)
         c->peek_blind = 1;
@@ -1381,7 +1383,8 @@ static void push_schedule(void)
                        (uint8_t)sim.o.push_cmds[sim.push_round]) < 0)
             return;
         if (sim.o.push_rate > 0) {
-            int64_t t = sim.next_push_us > now_us() ? sim.next_push_us : now_us();
+            int64_t t = sim.next_push_us > now_us() ? sim.next_push_us
+                                                    : now_us();
             sim.next_push_us = t + (int64_t)(1e6 / sim.o.push_rate);
         }
         if (++sim.push_cursor == sim.o.dcus) {
@@ -1566,19 +1569,21 @@ static void usage(void)
 "usage: dcusim [options]\n"
 "Plays DCUs of the FEP-DCU protocol: answers polls and pushes, with faults.\n"
 "\n"
-"  --listen ADDR          answer polls on ADDR (host:port; repeatable, at most 8);\n"
+"  --listen ADDR          answer polls on ADDR (host:port; repeatable, up to 8);\n"
 "                         the DCU is chosen by each request's DID\n"
 "  --push ADDR            push to the FEP listening at ADDR\n"
 "  --dcus N               DCUs played (default 1); ids \"DCU%05u\" from --first\n"
 "  --first N              number of the first DCU (default 1; last <= 99999)\n"
 "  --fep-id ID            the FEP's id (default FEP00001): DID of what dcusim\n"
-"                         sends; requests from another SID are served (logged at -v)\n"
+"                         sends; requests from another SID are served anyway\n"
+"                         (logged at -v)\n"
 "  --key HEX32            keyed DCUs' key: DCU n uses HEX32 with its last 4 bytes\n"
 "                         XORed with n (big-endian), unless --same-key\n"
 "  --same-key             every keyed DCU uses HEX32 itself (and one IC counter)\n"
 "  --keyed PCT            percent of DCUs that are keyed (default 100 with --key,\n"
 "                         else 0): DCU n is keyed iff (n - first) % 100 < PCT\n"
-"  --records N            LP records a DCU has ready at each poll or push (default 96)\n"
+"  --records N            LP records a DCU has ready at each poll or push\n"
+"                         (default 96)\n"
 "  --per-packet N         LP records per K packet (default: as many as fit:\n"
 "                         77 plaintext, 76 keyed; a larger N is cut to that)\n"
 "  --meters N             meters per DCU (default 1, at most 65535)\n"
@@ -1589,7 +1594,7 @@ static void usage(void)
 "                         as select() allows)\n"
 "  --push-rate R          at most R push sessions started per second (decimals\n"
 "                         allowed; default: no limit)\n"
-"  --fault SPEC           inject a fault (repeatable); SPEC = MODE[:ARG][@TARGET],\n"
+"  --fault SPEC           inject a fault (repeatable); SPEC = MODE[:ARG][@TARGET]\n"
 "                         TARGET = DCU numbers and ranges \"3,7-9\" or \"PCT%\" of\n"
 "                         sessions (drawn with --seed); default: every DCU\n"
 "  --seed N               PRNG seed for % targets and garbage (default 1)\n"
@@ -1632,7 +1637,8 @@ static void usage(void)
                      : "");
         n = snprintf(line, sizeof line, "  %-21s %s\n", name,
                      fault_info[i].help);
-        sys_write_all(1, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        sys_write_all(1, line, (size_t)n < sizeof line ? (size_t)n
+                                                       : sizeof line - 1);
     }
     sys_write_all(1, tail, strlen(tail));
 }
@@ -1724,7 +1730,8 @@ static void target_parse(const char *opt, const char *s, struct fault_spec *f)
         size_t n = strcspn(p, ",");
 
         if (n == 0 || n >= sizeof item || f->n_ranges == SIM_RANGES_MAX)
-            usage_fail(opt, "bad target '%s' (DCU numbers \"3,7-9\", or \"PCT%%\")", s);
+            usage_fail(opt, "bad target '%s' (DCU numbers \"3,7-9\", "
+                       "or \"PCT%%\")", s);
         memcpy(item, p, n);
         item[n] = '\0';
         dash = strchr(item, '-');
@@ -2102,8 +2109,10 @@ static int tables_alloc(void)
         sim.free_slots[i] = (int32_t)(sim.n_conns - 1 - i);
     }
     sim.n_free = sim.n_conns;
-    log_msg(LOG_DEBUG, "static memory: %zu bytes (%u slots of %zu, %lu DCUs of %zu)",
-            sizeof sim + sim.n_conns * (sizeof *sim.conns + sizeof *sim.free_slots) +
+    log_msg(LOG_DEBUG,
+            "static memory: %zu bytes (%u slots of %zu, %lu DCUs of %zu)",
+            sizeof sim +
+                sim.n_conns * (sizeof *sim.conns + sizeof *sim.free_slots) +
                 sim.o.dcus * sizeof *sim.dcus,
             sim.n_conns, sizeof *sim.conns, (unsigned long)sim.o.dcus,
             sizeof *sim.dcus);
@@ -2174,7 +2183,8 @@ int main(int argc, char **argv)
     ledger = sys_ledger_get();
     log_msg(ledger.opened == ledger.closed ? LOG_DEBUG : LOG_ERROR,
             "descriptors opened %llu, closed %llu",
-            (unsigned long long)ledger.opened, (unsigned long long)ledger.closed);
+            (unsigned long long)ledger.opened,
+            (unsigned long long)ledger.closed);
     report();
     return sim.exit_code;
 }

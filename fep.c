@@ -365,7 +365,9 @@ static void schedule_polls(fepd *d, int64_t now)
         dcu_state *ds = &d->state.dcus[i];
 
         if (d->sessions_active >= d->cfg.max_sessions) {
-            d->next_due_ms = now;       /* scan again when a session ends */
+            /* Scanned again when a session ends (run resets next_due_ms);
+             * `now` here would make select() spin until then. */
+            d->next_due_ms = POLL_NEVER;
             return;
         }
         d->poll_cursor = (i + 1) % d->cfg.n_dcus;
@@ -496,8 +498,13 @@ static void commit_pass(fepd *d, int64_t now)
         storing = 0;
         for (i = 0; i < d->n_slots; i++)
             storing += d->slots[i].state == SLOT_STORING;
-        if (storing == 0)
+        if (storing == 0) {
+            /* A pass whose every packet was refused must end too: until
+             * store_commit resets it, store_add refuses everything. */
+            if (d->store.pass_failed)
+                store_commit(&d->store);
             return;
+        }
         ok = store_commit(&d->store) == 0;
         for (i = 0; i < d->n_slots; i++) {
             session *s = &d->slots[i];
@@ -791,6 +798,8 @@ static int start(fepd *d)
     char err[512];
     unsigned i;
 
+    /* finish() closes them whatever step failed: 0 would be stdin. */
+    d->listen_fd = d->metrics_fd = -1;
     d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
     d->slots = calloc(d->n_slots, sizeof *d->slots);
     if (!d->slots) {

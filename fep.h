@@ -264,7 +264,9 @@ typedef struct frame_rx {
 } frame_rx;
 
 void frame_rx_reset(frame_rx *rx);
-/* Where the next read goes, and how much fits there (never 0). */
+/* Where the next read goes, and how much fits there: at least FRAME_SIZE_MAX
+ * once the caller has taken frames until FRAME_NEED_MORE; 0 when whole frames
+ * are left untaken. */
 uint8_t *frame_rx_space(frame_rx *rx, size_t *room);
 void frame_rx_commit(frame_rx *rx, size_t n);
 /* The next frame or condition, as frame_scan; garbage is added to rx->garbage. */
@@ -284,6 +286,7 @@ typedef struct frame_hdr {
 /*
  * Writes a whole frame into out[0..cap): plaintext when key is NULL, else
  * protected with invocation counter ic (PROTOCOL.md section 4 sender order).
+ * CTL is written as given, plus SEC when key != NULL.
  * Returns the frame size, or 0 when the payload is too long or the frame
  * does not fit in cap (out is then unspecified).
  */
@@ -381,6 +384,10 @@ int sys_accept(int listen_fd, sys_addr *peer);
 ssize_t sys_read(int fd, void *buf, size_t n);
 ssize_t sys_write(int fd, const void *buf, size_t n);
 int sys_close(int fd);
+/* 1 when a byte is waiting (left unread), else SYS_AGAIN, SYS_EOF, SYS_ERROR. */
+ssize_t sys_peek(int fd);
+/* A small receive buffer: a peer that stops reading is felt sooner. */
+int sys_set_rcvbuf(int fd, int bytes);
 /* Half-close: no more writes (our FIN), reads go on. */
 int sys_shutdown_write(int fd);
 
@@ -405,8 +412,10 @@ sys_ledger sys_ledger_get(void);
 
 #ifdef FEP_FAULT
 /* Test builds: make call number n (1-based) of an operation fail.
- * spec: "OP:N:ERR" with OP in read write accept connect open fsync rename,
- * ERR in EINTR EAGAIN SHORT ECONNRESET ENOSPC EMFILE; read from $FEP_FAULT. */
+ * spec: "OP:N:ERR" or "OP:N+:ERR" (call N and every later one), several
+ * separated by commas; OP in read write (sockets) fwrite (files) accept
+ * connect open fsync rename; ERR in EINTR EAGAIN SHORT ECONNRESET ENOSPC
+ * EMFILE EIO.  Read from $FEP_FAULT at the first call. */
 int sys_fault_set(const char *spec);
 #endif
 

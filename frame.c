@@ -89,9 +89,10 @@ const char *fep_nack_name(unsigned code)
 enum header_state { HEADER_INVALID, HEADER_PARTIAL, HEADER_VALID };
 
 /*
- * h[0] is a SOF and avail bytes from it are present.  A short header is
- * judged on the fields already there, so that a false SOF near the end of
- * the buffer does not hold back the bytes behind it any longer than needed.
+ * h[0] is a SOF and avail (<= 30) bytes from it are present.  A short header
+ * is judged on the fields already there, so that a false SOF is dropped, and
+ * counted as garbage, as soon as it can be seen to be one.  The verdict is
+ * the one the whole header would get, so it does not depend on the cut.
  */
 static enum header_state header_check(const uint8_t *h, size_t avail)
 {
@@ -219,6 +220,7 @@ static void rx_release_pending(frame_rx *rx)
 uint8_t *frame_rx_space(frame_rx *rx, size_t *room)
 {
     rx_release_pending(rx);
+    /* Less than a frame's room behind the data: move it to the front. */
     if (RX_BUF_SIZE - rx->end < FRAME_SIZE_MAX && rx->start > 0) {
         memmove(rx->buf, rx->buf + rx->start, rx->end - rx->start);
         rx->end -= rx->start;
@@ -366,7 +368,8 @@ void frame_id_set(uint8_t id[FRAME_ID_SIZE], const char *s)
         id[i] = ' ';
 }
 
-size_t frame_id_str(const uint8_t id[FRAME_ID_SIZE], char out[FRAME_ID_SIZE + 1])
+size_t frame_id_str(const uint8_t id[FRAME_ID_SIZE],
+                    char out[FRAME_ID_SIZE + 1])
 {
     size_t n = FRAME_ID_SIZE;
 

@@ -63,21 +63,24 @@ static const struct family {
     { "fep_sessions_active", "gauge", "Poll and push sessions open now." },
     { "fep_sessions_total", "counter",
       "Poll and push sessions ended, by kind and result." },
-    { "fep_frames_received_total", "counter", "Frames received with a good CRC." },
+    { "fep_frames_received_total", "counter",
+      "Frames received behind a valid header, bad CRC included." },
     { "fep_frames_sent_total", "counter", "Frames sent." },
     { "fep_nacks_sent_total", "counter", "NACKs sent, by code." },
     { "fep_records_stored_total", "counter", "Rows written, all files." },
     { "fep_garbage_bytes_total", "counter",
       "Bytes skipped while looking for a frame." },
     { "fep_slots_in_use", "gauge", "Slots in use, all kinds." },
-    { "fep_slots_capacity", "gauge", "Slots allocated at start-up, all kinds." },
+    { "fep_slots_capacity", "gauge",
+      "Slots allocated at start-up, all kinds." },
     { "fep_static_memory_bytes", "gauge", "Memory allocated at start-up." },
     { "fep_timeouts_total", "counter", "Deadlines that expired." },
     { "fep_slots_acquired_total", "counter", "Slots opened." },
     { "fep_slots_released_total", "counter", "Slots closed." },
     { "fep_busy_rejected_total", "counter",
       "Connections closed at once because no slot was free." },
-    { "fep_descriptors_open", "gauge", "Descriptors open through the system layer." },
+    { "fep_descriptors_open", "gauge",
+      "Descriptors open through the system layer." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
 };
@@ -143,7 +146,7 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     return 0;
 }
 
-/* A label value per the text format: backslash, double quote and newline escaped. */
+/* A label value per the text format: backslash, quote and newline escaped. */
 static void escape_label(const char *s, char *out, size_t cap)
 {
     size_t n = 0;

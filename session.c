@@ -188,26 +188,33 @@ void sess_poll_connected(fepd *d, session *s)
  * ---------------------------------------------------------------------- */
 
 /*
- * DIR, DID, and who the sender is.  A push session binds its DCU on the
- * first frame with a valid CRC; until then the NACK goes to whatever SID the
- * frame claims, protected when that SID is a keyed DCU.
+ * A push session binds its DCU on the first frame with a valid CRC; until
+ * then a NACK goes to whatever SID the frame claims, protected when that SID
+ * is a keyed DCU.  Returns the DCU's index, or -1 when the SID is unknown.
  */
+static int address_claimed(fepd *d, session *s, const frame *f)
+{
+    int i = config_find_dcu(&d->cfg, f->sid);
+
+    memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
+    s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
+    if (s->key_index >= 0)
+        gcm_init(&s->key, d->cfg.dcus[i].key);
+    return i;
+}
+
+/* DIR, DID, and who the sender is. */
 static fep_err check_header(fepd *d, session *s, const frame *f)
 {
     int i;
 
     if (s->dcu < 0) {
-        memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
-        i = config_find_dcu(&d->cfg, f->sid);
+        i = address_claimed(d, s, f);
         if (i < 0)
             return FEP_ERR_UNKNOWN;
-        if (s->kind == KIND_REJECT || d->state.dcus[i].session >= 0) {
-            /* Answer BUSY under the DCU's key without taking it over. */
-            s->key_index = d->state.dcus[i].key;
-            if (s->key_index >= 0)
-                gcm_init(&s->key, d->cfg.dcus[i].key);
+        /* BUSY goes under the DCU's key without taking it over. */
+        if (s->kind == KIND_REJECT || d->state.dcus[i].session >= 0)
             return FEP_ERR_BUSY;
-        }
         bind_dcu(d, s, i);
     }
     if (!(f->ctl & CTL_DIR_DCU))
@@ -355,13 +362,13 @@ static void handle_frame(fepd *d, session *s, frame_result r, const frame *f)
 {
     d->stats.frames_received++;
     log_hex("received", f->raw, FRAME_HEADER_SIZE + (size_t)f->len);
+    if (r != FRAME_READY && s->dcu < 0)
+        address_claimed(d, s, f);
     if (r == FRAME_BAD_LENGTH) {
         nack_and_end(d, s, f, FEP_ERR_LENGTH);
         return;
     }
     if (r == FRAME_BAD_CRC) {
-        if (s->dcu < 0)
-            memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
         if (++s->crc_strikes >= CRC_STRIKES_MAX) {
             nack_and_end(d, s, f, FEP_ERR_CRC);
         } else {

@@ -40,6 +40,7 @@
 #define STATE_TMP_SUFFIX ".tmp"
 #define IC_NONE 0xFFFFFFFFu             /* never used: the key is exhausted */
 #define KCV_SIZE 8
+FEP_STATIC_ASSERT(sizeof ((key_state *)0)->kcv == KCV_SIZE, kcv_size);
 
 /* "tx " KCV16 " " RESERVED (10 digits, zero-padded) "\n" */
 #define STATE_TX_LINE (3 + 2 * KCV_SIZE + 1 + 10 + 1)
@@ -337,8 +338,11 @@ uint32_t state_take_ic(fep_state *st, unsigned k)
         return 0;
     ks = &st->keys[k];
     if (ks->tx_ic_next >= IC_NONE) {
-        log_msg(LOG_ERROR, "%s: every IC of a key has been used: the key must "
-                "be changed", st->path);
+        char kcv[2 * KCV_SIZE + 1];
+
+        *put_hex(kcv, ks->kcv, KCV_SIZE) = '\0';
+        log_msg(LOG_ERROR, "every IC of the key with check value %s has been "
+                "used: the key must be changed", kcv);
         return 0;
     }
     if (ks->tx_ic_next >= ks->tx_ic_reserved && reserve_block(st, k) != 0)
@@ -427,7 +431,10 @@ static int key_find(const fep_state *st, const uint8_t kcv[KCV_SIZE])
 typedef struct state_loader {
     fep_state *st;
     const fep_config *cfg;
-    unsigned hint;
+    unsigned hint;                      /* where dcu_find starts */
+    unsigned lineno;                    /* of the line being read, from 1 */
+    size_t len;
+    char line[STATE_LINE_MAX + 1];
 } state_loader;
 
 static int dcu_find(state_loader *l, const char *id)
@@ -528,46 +535,49 @@ static const char *load_line(state_loader *l, char *line)
     return "unknown record (expected tx, rx or dcu)";
 }
 
-/* Feeds the bytes of fd to load_line a line at a time. */
+/* One byte of the file; a whole line goes to load_line.  NULL, or what is
+ * wrong with the line. */
+static const char *load_byte(state_loader *l, char c)
+{
+    const char *problem;
+
+    if (c == '\0')
+        return "NUL byte";
+    if (c != '\n') {
+        if (l->len == STATE_LINE_MAX)
+            return "line too long";
+        l->line[l->len++] = c;
+        return NULL;
+    }
+    l->line[l->len] = '\0';
+    problem = load_line(l, l->line);
+    if (problem == NULL) {
+        l->lineno++;
+        l->len = 0;
+    }
+    return problem;
+}
+
 static int load_lines(state_loader *l, int fd, char *err, size_t errlen)
 {
-    char chunk[4096], line[STATE_LINE_MAX + 1];
+    char chunk[4096];
     const char *problem = NULL;
-    unsigned lineno = 1;
-    size_t len = 0;
-    ssize_t r = 1;
+    ssize_t r, i;
 
-    while (problem == NULL && r != 0) {
-        ssize_t i;
-
+    do {
         r = read(fd, chunk, sizeof chunk);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
+        if (r < 0 && errno != EINTR) {
             snprintf(err, errlen, "%s: read: %s", l->st->path, strerror(errno));
             return -1;
         }
-        for (i = 0; i < r && problem == NULL; i++) {
-            if (chunk[i] == '\n' || chunk[i] == '\0' || len == STATE_LINE_MAX) {
-                if (chunk[i] != '\n')
-                    problem = chunk[i] ? "line too long" : "NUL byte";
-                line[len] = '\0';
-                if (problem == NULL && (problem = load_line(l, line)) == NULL) {
-                    lineno++;
-                    len = 0;
-                }
-            } else {
-                line[len++] = chunk[i];
-            }
-        }
-    }
-    if (problem == NULL && len > 0) {       /* a last line without '\n' */
-        line[len] = '\0';
-        problem = load_line(l, line);
-    }
+        for (i = 0; i < r && problem == NULL; i++)
+            problem = load_byte(l, chunk[i]);
+    } while (r != 0 && problem == NULL);
+    if (problem == NULL && l->len > 0)      /* a last line without '\n' */
+        problem = load_byte(l, '\n');
     if (problem == NULL)
         return 0;
-    snprintf(err, errlen, "%s:%u: %s", l->st->path, lineno, problem);
+    snprintf(err, errlen, "%s:%u: %s", l->st->path, l->lineno, problem);
     return -1;
 }
 
@@ -584,9 +594,10 @@ static int state_load(fep_state *st, const fep_config *cfg, char *err,
         snprintf(err, errlen, "%s: %s", st->path, strerror(errno));
         return -1;
     }
+    memset(&l, 0, sizeof l);
     l.st = st;
     l.cfg = cfg;
-    l.hint = 0;
+    l.lineno = 1;
     rc = load_lines(&l, fd, err, errlen);
     sys_close(fd);
     return rc;

@@ -11,8 +11,10 @@
  * one write and, with `sync packet`, fsyncs each file once; only then does
  * the loop send the pass's ACKs.  `committed` is the size of a file that is
  * known good.  A pass that fails anywhere is cut back to it with ftruncate,
- * so a file never keeps rows that were not acknowledged, and a crash leaves
- * at most a torn last line, which store_open cuts.  Before a commit writes,
+ * so a file keeps no row of a refused packet.  A crash can leave rows that
+ * were written but not yet acknowledged (the DCU sends them again: delivery
+ * is at-least-once) and at most one torn last line, which store_open cuts.
+ * Before a commit writes,
  * it checks that the path still names the open file: rows written to a file
  * that was unlinked, renamed or replaced would be acknowledged and then lost
  * to whoever reads the path.
@@ -418,23 +420,26 @@ int store_add(store *s, const char *dcu_id, uint8_t cmd, const uint8_t *payload,
     rows = cmd == CMD_DCU_STATUS_RSP ? 1 : payload[0];
     if (rows == 0)
         return 0;
+    /* A closed file has no rows in this pass: refusing this packet alone
+     * costs nothing to the packets of the pass that go to other files. */
     if (s->out[file].fd < 0 && out_open(s, (unsigned)file, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        goto fail;
+        return -1;
     }
-    if (out_make_room(s, (unsigned)file, (size_t)rows * CSV_ROW_MAX) != 0)
-        goto fail;
+    /* A failed write leaves rows of earlier packets half in the file: from
+     * then on the whole pass can only be cut back. */
+    if (out_make_room(s, (unsigned)file, (size_t)rows * CSV_ROW_MAX) != 0) {
+        s->pass_failed = 1;
+        return -1;
+    }
     rows_format(&s->out[file], &c, dcu_id, cmd, payload, qsn, fsn, received_at);
-    if (c.full) {
+    if (c.full) {               /* nothing kept: used is not advanced */
         log_msg(LOG_ERROR, "store: a row is longer than CSV_ROW_MAX");
-        goto fail;
+        return -1;
     }
     s->out[file].used = c.len;
     s->rows_pending += rows;
     return (int)rows;
-fail:
-    s->pass_failed = 1;
-    return -1;
 }
 
 /* Whether the path still names the file open as out[i]. */

@@ -38,12 +38,13 @@ static const char *log_name = "fep";
  * Fault injection (test builds only)
  * ---------------------------------------------------------------------- */
 
-enum sys_op { OP_READ, OP_WRITE, OP_ACCEPT, OP_CONNECT, OP_OPEN, OP_FSYNC,
-              OP_RENAME, OP_COUNT };
+/* write is a socket write; fwrite a file write (sys_write_all). */
+enum sys_op { OP_READ, OP_WRITE, OP_FWRITE, OP_ACCEPT, OP_CONNECT, OP_OPEN,
+              OP_FSYNC, OP_RENAME, OP_COUNT };
 
 #ifdef FEP_FAULT
 static const char *const op_names[OP_COUNT] = {
-    "read", "write", "accept", "connect", "open", "fsync", "rename"
+    "read", "write", "fwrite", "accept", "connect", "open", "fsync", "rename"
 };
 
 #define FAULT_SHORT (-1)                /* a short transfer, not an errno */
@@ -420,6 +421,21 @@ int sys_close(int fd)
     return close(fd);
 }
 
+ssize_t sys_peek(int fd)
+{
+    uint8_t b;
+    ssize_t r = recv(fd, &b, 1, MSG_PEEK);
+
+    if (r == 0)
+        return SYS_EOF;
+    return io_result(r);
+}
+
+int sys_set_rcvbuf(int fd, int bytes)
+{
+    return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
 int sys_shutdown_write(int fd)
 {
     return shutdown(fd, SHUT_WR);
@@ -450,7 +466,7 @@ int sys_write_all(int fd, const void *buf, size_t n)
     const uint8_t *p = buf;
 
     while (n > 0) {
-        int fault = fault_check(OP_WRITE);
+        int fault = fault_check(OP_FWRITE);
         size_t chunk = n;
         ssize_t r;
 

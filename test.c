@@ -125,6 +125,34 @@ size_t test_unhex(const char *hex, uint8_t *out, size_t cap)
     return n;
 }
 
+/*
+ * With FEP_TEST_VALGRIND set, fepd (and fepd_t) run under valgrind memcheck:
+ * any error or leak makes it exit 99, which the test sees as a failure.
+ */
+static void exec_maybe_under_valgrind(const char *const argv[])
+{
+    static const char *const vg[] = {
+        "valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+        "--errors-for-leak-kinds=definite,indirect", "--track-fds=no"
+    };
+    const char *name = strrchr(argv[0], '/');
+    const char *full[64];
+    size_t i, n = sizeof vg / sizeof vg[0], k = 0;
+
+    name = name ? name + 1 : argv[0];
+    if (!getenv("FEP_TEST_VALGRIND") ||
+        (strcmp(name, "fepd") != 0 && strcmp(name, "fepd_t") != 0)) {
+        execv(argv[0], (char *const *)argv);
+        return;
+    }
+    for (i = 0; i < n; i++)
+        full[k++] = vg[i];
+    for (i = 0; argv[i] && k < 63; i++)
+        full[k++] = argv[i];
+    full[k] = NULL;
+    execvp("valgrind", (char *const *)full);
+}
+
 pid_t test_spawn(const char *const argv[], const char *log_path)
 {
     pid_t pid;
@@ -143,7 +171,7 @@ pid_t test_spawn(const char *const argv[], const char *log_path)
             if (fd > 2)
                 close(fd);
         }
-        execv(argv[0], (char *const *)argv);
+        exec_maybe_under_valgrind(argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
@@ -295,6 +323,7 @@ int main(int argc, char **argv)
     test_store_suite();
     test_sim_suite();
     test_fep_suite();
+    test_fault_suite();
 
     printf("%u passed, %u failed\n", tests_passed, tests_failed);
     return (tests_failed == 0 && tests_passed > 0) ? 0 : 1;

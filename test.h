@@ -31,7 +31,9 @@ void test_check_mem(const void *a, const void *b, size_t n, const char *file,
 size_t test_unhex(const char *hex, uint8_t *out, size_t cap);
 
 /* Processes.  argv[0] is a path.  stdout and stderr go to log_path
- * (or /dev/null when NULL).  Returns the pid, or -1. */
+ * (or /dev/null when NULL).  Returns the pid, or -1.  With
+ * FEP_TEST_VALGRIND in the environment, fepd and fepd_t run under valgrind
+ * (exit 99 on any memory error or leak). */
 pid_t test_spawn(const char *const argv[], const char *log_path);
 /* Waits up to timeout_ms.  Returns the exit status, 128 + signal when it was
  * killed by a signal, or -1 on timeout (the process is then killed with
@@ -57,5 +59,6 @@ void test_sim_suite(void);
 void test_config_suite(void);
 void test_store_suite(void);
 void test_fep_suite(void);
+void test_fault_suite(void);
 
 #endif /* TEST_H */

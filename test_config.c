@@ -54,6 +54,7 @@ static const char design_dcus_only[] =
     "dcu  DCU00001  127.0.0.1:7001  key=000102030405060708090a0b0c0d0e0f  poll=k,s\n"
     "dcu  DCU00002  -               key=-                                  # push only, plaintext\n";
 
+#define KEY_00_0F_HEX "000102030405060708090a0b0c0d0e0f"
 static const uint8_t key_00_0f[KEY_SIZE] = {
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
     0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f
@@ -378,7 +379,7 @@ static void test_find_dcu(void)
     CHECK_EQ(config_find_dcu(&cfg, sid), -1);
     frame_id_set(sid, "Z");
     CHECK_EQ(config_find_dcu(&cfg, sid), -1);
-    memcpy(sid, "A\0\0\0\0\0\0\0", FRAME_ID_SIZE);  /* padded with NUL, not space */
+    memcpy(sid, "A\0\0\0\0\0\0\0", FRAME_ID_SIZE);  /* NUL padding is not space */
     CHECK_EQ(config_find_dcu(&cfg, sid), -1);
     config_release(&cfg);
 }
@@ -397,7 +398,7 @@ static char *many_dcus_text(void)
         unsigned id = (i * 7919u) % MANY_DCUS;  /* ids out of order */
         len += (size_t)snprintf(text + len, cap - len, "dcu D%07u %s%s\n", id,
                                 id % 100 ? "-" : "127.0.0.1:7001",
-                                id % 3 ? "" : " key=000102030405060708090a0b0c0d0e0f");
+                                id % 3 ? "" : " key=" KEY_00_0F_HEX);
     }
     return text;
 }
@@ -604,7 +605,8 @@ static void test_error_message_truncated(void)
     fep_config cfg;
     char path[300];
 
-    CHECK_EQ(load_text("bogus\n", &cfg, err, sizeof err, path, sizeof path), -1);
+    CHECK_EQ(load_text("bogus\n", &cfg, err, sizeof err, path, sizeof path),
+             -1);
     CHECK(strlen(err) == sizeof err - 1);
     CHECK(config_is_zero(&cfg));
 }
@@ -612,6 +614,8 @@ static void test_error_message_truncated(void)
 /* ------------------------------------------------------------------------
  * Metrics: rendering
  * ---------------------------------------------------------------------- */
+
+#define LAST_SUCCESS "fep_dcu_last_success_timestamp_seconds"
 
 static fepd *metrics_fixture(unsigned n_dcus)
 {
@@ -624,7 +628,9 @@ static fepd *metrics_fixture(unsigned n_dcus)
     d->state.dcus = calloc(n_dcus ? n_dcus : 1, sizeof *d->state.dcus);
     d->cfg.n_dcus = d->state.n_dcus = n_dcus;
     for (i = 0; d->cfg.dcus && d->state.dcus && i < n_dcus; i++) {
-        snprintf(d->cfg.dcus[i].id, sizeof d->cfg.dcus[i].id, "DCU%05u", i % 100000u);
+        char id[16];                    /* room for any unsigned: no truncation */
+        snprintf(id, sizeof id, "DCU%05u", i % 100000u);
+        memcpy(d->cfg.dcus[i].id, id, sizeof d->cfg.dcus[i].id - 1);
         d->state.dcus[i].last_success_s = i % 3 ? 1700000000 + (int64_t)i : 0;
     }
     d->sessions_active = 7;
@@ -815,9 +821,9 @@ static void test_metrics_names(void)
     snprintf(want, sizeof want, "fep_descriptors_open %llu",
              (unsigned long long)(l.opened - l.closed));
     CHECK(has_line(text, want));
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds{dcu=\"DCU00000\"} 0"));
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds{dcu=\"DCU00001\"} 1700000001"));
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds{dcu=\"DCU00002\"} 1700000002"));
+    CHECK(has_line(text, LAST_SUCCESS "{dcu=\"DCU00000\"} 0"));
+    CHECK(has_line(text, LAST_SUCCESS "{dcu=\"DCU00001\"} 1700000001"));
+    CHECK(has_line(text, LAST_SUCCESS "{dcu=\"DCU00002\"} 1700000002"));
 out:
     free(text);
     metrics_fixture_free(d);
@@ -838,10 +844,9 @@ static void test_metrics_label_escaping(void)
     strcpy(d->cfg.dcus[1].id, "\\\\\\\\\"\"\"\"");
     len = metrics_render(d, &cursor, text, sizeof text - 1);
     text[len] = '\0';
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds"
-                         "{dcu=\"a\\\"b\\\\c\\nd\"} 0"));
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds"
-                         "{dcu=\"\\\\\\\\\\\\\\\\\\\"\\\"\\\"\\\"\"} 1700000001"));
+    CHECK(has_line(text, LAST_SUCCESS "{dcu=\"a\\\"b\\\\c\\nd\"} 0"));
+    CHECK(has_line(text, LAST_SUCCESS
+                   "{dcu=\"\\\\\\\\\\\\\\\\\\\"\\\"\\\"\\\"\"} 1700000001"));
     metrics_fixture_free(d);
 }
 
@@ -858,7 +863,7 @@ static void test_metrics_no_dcus(void)
     }
     len = metrics_render(d, &cursor, text, sizeof text - 1);
     text[len] = '\0';
-    CHECK(has_line(text, "# TYPE fep_dcu_last_success_timestamp_seconds gauge"));
+    CHECK(has_line(text, "# TYPE " LAST_SUCCESS " gauge"));
     CHECK(strstr(text, "fep_dcu_last_success_timestamp_seconds{") == NULL);
     CHECK(families_well_formed(text));
     /* state not (yet) loaded: every DCU reads "never" */
@@ -869,7 +874,7 @@ static void test_metrics_no_dcus(void)
     cursor = 0;
     len = metrics_render(d, &cursor, text, sizeof text - 1);
     text[len] = '\0';
-    CHECK(has_line(text, "fep_dcu_last_success_timestamp_seconds{dcu=\"X\"} 0"));
+    CHECK(has_line(text, LAST_SUCCESS "{dcu=\"X\"} 0"));
     CHECK_EQ(metrics_render(d, &cursor, text, sizeof text), 0);
     metrics_fixture_free(d);
 }
@@ -878,7 +883,7 @@ static void test_metrics_no_dcus(void)
  * Metrics: the request
  * ---------------------------------------------------------------------- */
 
-/* Parses p[0..n) from a buffer of exactly n bytes, so ASan sees any over-read. */
+/* Parses p[0..n) from a buffer of exactly n bytes: ASan sees any over-read. */
 static int parse_exact(const char *p, size_t n)
 {
     uint8_t *copy = malloc(n ? n : 1);

@@ -5,7 +5,8 @@
  * in-place use, the CRC-16/X-25 check value, and the crypto of the
  * protected worked example of PROTOCOL.md section 6.2.
  *
- * Owns: nothing; every buffer is on the stack.
+ * Owns: nothing; buffers are on the stack, the two largest function-local
+ * statics.
  */
 #include <string.h>
 
@@ -116,6 +117,7 @@ static void test_aes_batch_matches_single(void)
 
 typedef struct gcm_vector {
     const char *key, *iv, *aad, *plain, *cipher, *tag;
+    size_t len;                         /* bytes of plain and cipher used */
 } gcm_vector;
 
 static const char tc34_plain[] =
@@ -127,19 +129,17 @@ static const char tc34_cipher[] =
 
 static const gcm_vector gcm_vectors[] = {
     { "00000000000000000000000000000000", "000000000000000000000000", "",
-      "", "", "58e2fccefa7e3061367f1d57a4e7455a" },
+      "", "", "58e2fccefa7e3061367f1d57a4e7455a", 0 },
     { "00000000000000000000000000000000", "000000000000000000000000", "",
       "00000000000000000000000000000000", "0388dace60b6a392f328c2b971b2fe78",
-      "ab6e47d42cec13bdf53a67b21257bddf" },
+      "ab6e47d42cec13bdf53a67b21257bddf", 16 },
     { "feffe9928665731c6d6a8f9467308308", "cafebabefacedbaddecaf888", "",
-      tc34_plain, tc34_cipher, "4d5c2af327cd64a62cf35abd2ba6fab4" },
+      tc34_plain, tc34_cipher, "4d5c2af327cd64a62cf35abd2ba6fab4", 64 },
     /* TC4: the TC3 text less its last 4 bytes, with 20 bytes of AAD. */
     { "feffe9928665731c6d6a8f9467308308", "cafebabefacedbaddecaf888",
       "feedfacedeadbeeffeedfacedeadbeefabaddad2", tc34_plain, tc34_cipher,
-      "5bc94fbc3221a5db94fae95ae7121a47" },
+      "5bc94fbc3221a5db94fae95ae7121a47", 60 },
 };
-
-static const size_t gcm_vector_len[] = { 0, 16, 64, 60 };
 
 typedef struct gcm_case {
     gcm_key key;
@@ -156,7 +156,7 @@ static void gcm_case_load(gcm_case *c, unsigned i)
     unhex_n(v->key, key, sizeof key);
     unhex_n(v->iv, c->iv, sizeof c->iv);
     c->aad_len = test_unhex(v->aad, c->aad, sizeof c->aad);
-    c->len = gcm_vector_len[i];
+    c->len = v->len;
     CHECK(test_unhex(v->plain, c->plain, sizeof c->plain) >= c->len);
     CHECK(test_unhex(v->cipher, c->cipher, sizeof c->cipher) >= c->len);
     unhex_n(v->tag, c->tag, sizeof c->tag);
@@ -452,6 +452,50 @@ static void test_protocol_example(void)
  * CRC-16/X-25 and the header XOR
  * ---------------------------------------------------------------------- */
 
+/* The CRC one bit at a time, straight from the model's parameters. */
+static uint16_t crc_bitwise(const uint8_t *p, size_t n)
+{
+    unsigned crc = 0xFFFF;
+    size_t i;
+    int b;
+
+    for (i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (b = 0; b < 8; b++)
+            crc = (crc & 1) ? (crc >> 1) ^ 0x8408 : crc >> 1;
+    }
+    return (uint16_t)(crc ^ 0xFFFF);
+}
+
+/* Every table entry is reached by some single byte, and longer inputs
+ * chain them. */
+static void test_crc16_table(void)
+{
+    uint8_t buf[300];
+    unsigned v;
+
+    for (v = 0; v < 256; v++) {
+        buf[0] = (uint8_t)v;
+        CHECK_EQ(crc16_x25(buf, 1), crc_bitwise(buf, 1));
+    }
+    /* The eight-byte path: every length and alignment, with bytes that
+     * reach every entry of every table over the run. */
+    fill_pattern(buf, sizeof buf, 5);
+    for (v = 0; v < 8; v++) {
+        size_t len;
+        for (len = 0; len + v <= sizeof buf; len += 1 + len / 16)
+            CHECK_EQ(crc16_x25(buf + v, len), crc_bitwise(buf + v, len));
+    }
+    /* Byte position k of a block is looked up in table 7 - k (positions 0
+     * and 1 after the XOR with the register): each value at each position,
+     * zeros elsewhere, reaches every entry of every table. */
+    for (v = 0; v < 8 * 256; v++) {
+        memset(buf, 0, 8);
+        buf[v / 256] = (uint8_t)v;
+        CHECK_EQ(crc16_x25(buf, 8), crc_bitwise(buf, 8));
+    }
+}
+
 static void test_crc16_x25(void)
 {
     CHECK_EQ(crc16_x25((const uint8_t *)"123456789", 9), 0x906E);
@@ -488,5 +532,6 @@ void test_crypto_suite(void)
     test_run("crypto_gcm_init_deterministic", test_gcm_init_deterministic);
     test_run("crypto_protocol_example", test_protocol_example);
     test_run("crypto_crc16_x25", test_crc16_x25);
+    test_run("crypto_crc16_table", test_crc16_table);
     test_run("crypto_hcs_xor", test_hcs_xor);
 }

@@ -1,7 +1,2036 @@
-/* test_fep.c -- tests of fep (being written). */
+/*
+ * test_fep.c -- integration tests of fepd: real fepd_t (once fepd) and
+ * dcusim processes talking over 127.0.0.1.
+ *
+ * A test is judged by what the processes leave behind: fepd's exit status
+ * and log (the --once summary, the allocation count and the ledger line it
+ * prints at every exit), the CSV files in data_dir, dcusim's --acked-csv
+ * (every LP record whose packet fepd acknowledged) and the report line
+ * dcusim prints at exit or on SIGUSR1 (what it received: ACKs, NACKs by
+ * code), and /metrics over a real socket.  The central check is the one
+ * PROTOCOL.md section 5 rule 6 makes: every acknowledged record is stored,
+ * once, and nothing that was not acknowledged is.
+ *
+ * Owns: one directory per test (struct world) holding fepd's config, data,
+ * state and both logs, removed when the test ends unless $FEP_TEST_KEEP is
+ * set; the processes a test starts, always reaped by fep_stop, sim_stop or
+ * world_end (test_wait kills after its deadline).  The harness uses plain
+ * POSIX calls, not sys.c: this binary is built with FEP_FAULT, and fault
+ * injection meant for fepd_t must not reach the harness.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "fep.h"
 #include "test.h"
 
+#define FEPD_T "./fepd_t"
+#define FEPD "./fepd"
+#define SIM "./dcusim"
+#define KEY_HEX "000102030405060708090a0b0c0d0e0f"
+#define ARGS_MAX 40
+#define PATH_MAX_TEST 320
+#define LINE_MAX_TEST 4096
+#define START_MS 5000                   /* a process to come up */
+#define STOP_MS 5000                    /* a process to exit after a signal */
+#define ONCE_MS 30000                   /* a whole fepd --once run */
+#define SETTLE_MS 8000                  /* a condition a test waits for */
+#define TIMEOUT_FRAME_MS 500            /* timeout_frame of the default config */
+#define MARGIN_MS 1500                  /* scheduling slack on a loaded machine */
+
+/* The timeouts every test's config gets unless it sets its own: short, so
+ * that a failure costs half a second, not the defaults' ten. */
+static const char *const default_directives[] = {
+    "timeout_connect 1", "timeout_frame 0.5", "timeout_write 0.5",
+    "timeout_idle 0.5", "timeout_session 10", NULL
+};
+
+/* ------------------------------------------------------------------------
+ * Time
+ * ---------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts;
+
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Logs and key=value lines
+ * ---------------------------------------------------------------------- */
+
+/* The last line of path that contains needle, into out; 0 or -1. */
+static int log_last_line(const char *path, const char *needle, char *out,
+                         size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    char line[LINE_MAX_TEST];
+    int found = -1;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, needle)) {
+            snprintf(out, cap, "%s", line);
+            found = 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The number after " key=" in line; -1 when absent. */
+static long long kv_get(const char *line, const char *key)
+{
+    char needle[64];
+    const char *v;
+
+    snprintf(needle, sizeof needle, " %s=", key);
+    v = strstr(line, needle);
+    return v ? strtoll(v + strlen(needle), NULL, 10) : -1;
+}
+
+/* key of the last line of path that contains needle; -1 when absent. */
+static long long log_kv(const char *path, const char *needle, const char *key)
+{
+    char line[LINE_MAX_TEST];
+
+    return log_last_line(path, needle, line, sizeof line) == 0
+               ? kv_get(line, key) : -1;
+}
+
+static long log_count(const char *path, const char *needle)
+{
+    long n = test_count_lines(path, needle);
+
+    return n < 0 ? 0 : n;
+}
+
+/* Waits (bounded) until at least count lines of path contain needle. */
+static int wait_log(const char *path, const char *needle, long count, int ms)
+{
+    int64_t deadline = now_ms() + ms;
+
+    while (log_count(path, needle) < count) {
+        if (now_ms() >= deadline)
+            return -1;
+        sleep_ms(10);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * A test's world: its directory, the two processes, the ports
+ * ---------------------------------------------------------------------- */
+
+struct world {
+    char dir[256];
+    char conf[PATH_MAX_TEST], data[PATH_MAX_TEST], state[PATH_MAX_TEST];
+    char fep_log[PATH_MAX_TEST], sim_log[PATH_MAX_TEST];
+    char acked[PATH_MAX_TEST], lp[PATH_MAX_TEST];
+    int sim_port, fep_port, metrics_port;
+    char sim_addr[32], fep_addr[32], metrics_addr[32];
+    pid_t fep, sim;
+};
+
+static void world_path(const struct world *w, const char *name, char *out)
+{
+    snprintf(out, PATH_MAX_TEST, "%s/%s", w->dir, name);
+}
+
+static void world_init(struct world *w, const char *tag)
+{
+    memset(w, 0, sizeof *w);
+    w->fep = w->sim = -1;
+    CHECK(test_tmpdir(w->dir, sizeof w->dir, tag) == 0);
+    world_path(w, "fep.conf", w->conf);
+    world_path(w, "data", w->data);
+    world_path(w, "state", w->state);
+    world_path(w, "fepd.log", w->fep_log);
+    world_path(w, "dcusim.log", w->sim_log);
+    world_path(w, "acked.csv", w->acked);
+    world_path(w, "data/lp.csv", w->lp);
+    w->sim_port = test_free_port();
+    w->fep_port = test_free_port();
+    w->metrics_port = test_free_port();
+    snprintf(w->sim_addr, sizeof w->sim_addr, "127.0.0.1:%d", w->sim_port);
+    snprintf(w->fep_addr, sizeof w->fep_addr, "127.0.0.1:%d", w->fep_port);
+    snprintf(w->metrics_addr, sizeof w->metrics_addr, "127.0.0.1:%d",
+             w->metrics_port);
+}
+
+static void remove_tree(const char *path)
+{
+    DIR *dir = opendir(path);
+    struct dirent *e;
+
+    if (dir) {
+        while ((e = readdir(dir)) != NULL) {
+            char sub[PATH_MAX_TEST + 64];
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            remove_tree(sub);
+        }
+        closedir(dir);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+/* Reaps what a failed test left running, then removes the directory. */
+static void world_end(struct world *w)
+{
+    if (w->fep > 0) {
+        CHECK(!"fepd still running at the end of the test");
+        kill(w->fep, SIGKILL);
+        test_wait(w->fep, STOP_MS);
+    }
+    if (w->sim > 0) {
+        kill(w->sim, SIGKILL);
+        test_wait(w->sim, STOP_MS);
+    }
+    w->fep = w->sim = -1;
+    if (!getenv("FEP_TEST_KEEP"))
+        remove_tree(w->dir);
+}
+
+/* ------------------------------------------------------------------------
+ * dcusim
+ * ---------------------------------------------------------------------- */
+
+/* Starts dcusim: answering polls on w->sim_addr, or pushing to w->fep_addr,
+ * with --acked-csv and the options in extra (NULL-terminated).  0 once it
+ * is up (listening, when it listens). */
+static int sim_start(struct world *w, int push, const char *const *extra)
+{
+    const char *argv[ARGS_MAX + 2];
+    long started = log_count(w->sim_log, "dcusim info: playing");
+    int n = 0;
+
+    argv[n++] = SIM;
+    argv[n++] = push ? "--push" : "--listen";
+    argv[n++] = push ? w->fep_addr : w->sim_addr;
+    argv[n++] = "--timeout";
+    argv[n++] = "2";
+    argv[n++] = "--acked-csv";
+    argv[n++] = w->acked;
+    while (extra && *extra && n < ARGS_MAX)
+        argv[n++] = *extra++;
+    argv[n] = NULL;
+    w->sim = test_spawn(argv, w->sim_log);
+    CHECK(w->sim > 0);
+    if (w->sim <= 0 ||
+        wait_log(w->sim_log, "dcusim info: playing", started + 1, START_MS) != 0) {
+        CHECK(!"dcusim did not start");
+        return -1;
+    }
+    return 0;
+}
+
+/* SIGTERM, then dcusim's exit status (it prints its report on the way). */
+static int sim_stop(struct world *w)
+{
+    int rc;
+
+    if (w->sim <= 0)
+        return -1;
+    kill(w->sim, SIGTERM);
+    rc = test_wait(w->sim, STOP_MS);
+    w->sim = -1;
+    return rc;
+}
+
+/* A counter of dcusim's last report line; -1 when there is none. */
+static long long sim_report(const struct world *w, const char *key)
+{
+    return log_kv(w->sim_log, "dcusim: sessions=", key);
+}
+
+/* Waits (bounded) until dcusim's report says key >= min, asking for a fresh
+ * report with SIGUSR1 as it goes. */
+static int sim_wait_report(const struct world *w, const char *key, long long min)
+{
+    int64_t deadline = now_ms() + SETTLE_MS;
+
+    for (;;) {
+        kill(w->sim, SIGUSR1);
+        sleep_ms(30);
+        if (sim_report(w, key) >= min)
+            return 0;
+        if (now_ms() >= deadline)
+            return -1;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * fepd: config, --once runs, the daemon
+ * ---------------------------------------------------------------------- */
+
+/* Whether the lines of directives (may be NULL) set name. */
+static int directive_given(const char *directives, const char *name,
+                           size_t name_len)
+{
+    const char *line = directives;
+
+    while (line && *line) {
+        if (strncmp(line, name, name_len) == 0 && line[name_len] == ' ')
+            return 1;
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return 0;
+}
+
+/* Starts the config: data and state in the world, then directives (lines,
+ * may be NULL), then the default timeouts it does not set itself. */
+static void conf_begin(const struct world *w, const char *directives)
+{
+    FILE *f = fopen(w->conf, "w");
+    unsigned i;
+
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fprintf(f, "fep_id FEP00001\ndata_dir %s\nstate_dir %s\n%s\n", w->data,
+            w->state, directives ? directives : "");
+    for (i = 0; default_directives[i]; i++) {
+        size_t name_len = strcspn(default_directives[i], " ");
+        if (!directive_given(directives, default_directives[i], name_len))
+            fprintf(f, "%s\n", default_directives[i]);
+    }
+    fclose(f);
+}
+
+/* Appends dcu lines for DCU first .. first + n - 1, polled at addr (NULL:
+ * push only), keyed as dcusim keys them (KEY_HEX, last 4 bytes XOR the
+ * DCU's number) or plaintext. */
+static void conf_dcus(const struct world *w, unsigned first, unsigned n,
+                      const char *addr, int keyed, const char *poll)
+{
+    FILE *f = fopen(w->conf, "a");
+    unsigned i, k;
+
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    for (i = first; i < first + n; i++) {
+        uint8_t key[KEY_SIZE];
+        char hex[2 * KEY_SIZE + 1] = "-";
+
+        test_unhex(KEY_HEX, key, sizeof key);
+        key[12] ^= (uint8_t)(i >> 24);
+        key[13] ^= (uint8_t)(i >> 16);
+        key[14] ^= (uint8_t)(i >> 8);
+        key[15] ^= (uint8_t)i;
+        for (k = 0; keyed && k < KEY_SIZE; k++)
+            snprintf(hex + 2 * k, 3, "%02x", key[k]);
+        fprintf(f, "dcu DCU%05u %s key=%s poll=%s\n", i, addr ? addr : "-",
+                hex, poll);
+    }
+    fclose(f);
+}
+
+static pid_t fep_spawn(struct world *w, const char *prog, const char *mode,
+                       const char *fault)
+{
+    const char *argv[] = { prog, "-c", w->conf, mode, NULL };
+    pid_t pid;
+
+    /* Only the child is meant to see it: the variable is unset at once. */
+    if (fault)
+        setenv("FEP_FAULT", fault, 1);
+    pid = test_spawn(argv, w->fep_log);
+    if (fault)
+        unsetenv("FEP_FAULT");
+    CHECK(pid > 0);
+    return pid;
+}
+
+/* fepd -c conf --once; its exit status. */
+static int fep_once(struct world *w, const char *prog)
+{
+    pid_t pid = fep_spawn(w, prog, "--once", NULL);
+
+    return pid > 0 ? test_wait(pid, ONCE_MS) : -1;
+}
+
+/* fepd_t -c conf as a daemon, with FEP_FAULT (may be NULL); 0 once it has
+ * finished start-up (its "static memory" line). */
+static int fep_start(struct world *w, const char *fault)
+{
+    long started = log_count(w->fep_log, "static memory");
+
+    w->fep = fep_spawn(w, FEPD_T, NULL, fault);
+    if (w->fep <= 0 ||
+        wait_log(w->fep_log, "static memory", started + 1, START_MS) != 0) {
+        CHECK(!"fepd did not start");
+        return -1;
+    }
+    return 0;
+}
+
+/* Signals the daemon and returns its exit status (bounded). */
+static int fep_stop(struct world *w, int sig)
+{
+    int rc;
+
+    if (w->fep <= 0)
+        return -1;
+    kill(w->fep, sig);
+    rc = test_wait(w->fep, STOP_MS);
+    w->fep = -1;
+    return rc;
+}
+
+/* What fepd_t prints at every normal exit: no allocation after start-up,
+ * every slot and descriptor given back. */
+static void check_clean_exit(const struct world *w)
+{
+    char line[LINE_MAX_TEST];
+    const char *n;
+
+    CHECK(log_last_line(w->fep_log, "allocations after start-up: ", line,
+                        sizeof line) == 0);
+    n = strstr(line, "allocations after start-up: ");
+    CHECK(n && strtol(n + strlen("allocations after start-up: "), NULL, 10) == 0);
+    CHECK(log_last_line(w->fep_log, "ledger: slots", line, sizeof line) == 0);
+    CHECK(kv_get(line, "acquired") >= 0);
+    CHECK_EQ(kv_get(line, "acquired"), kv_get(line, "released"));
+    CHECK(kv_get(line, "opened") > 0);
+    CHECK_EQ(kv_get(line, "opened"), kv_get(line, "closed"));
+}
+
+/* The --once summary's line for a DCU that failed with err. */
+static long once_failures(const struct world *w, unsigned dcu, fep_err err)
+{
+    char needle[160];
+
+    snprintf(needle, sizeof needle, "--once: DCU%05u failed: %s", dcu,
+             fep_strerror(err));
+    return log_count(w->fep_log, needle);
+}
+
+static long once_any_failure(const struct world *w, unsigned dcu)
+{
+    char needle[64];
+
+    snprintf(needle, sizeof needle, "--once: DCU%05u failed: ", dcu);
+    return log_count(w->fep_log, needle);
+}
+
+/* ------------------------------------------------------------------------
+ * Records: lp.csv and dcusim's acked CSV as sorted sets
+ * ---------------------------------------------------------------------- */
+
+struct rec {
+    char dcu[16];
+    char meter[16];
+    unsigned long ts, import_wh, export_wh, status;
+};
+
+struct recs {
+    struct rec *v;
+    size_t n, cap;
+    long headers;                       /* header lines, first line of a file */
+    long misplaced_headers;             /* header lines anywhere else */
+    long bad;                           /* torn or malformed lines */
+};
+
+static void recs_free(struct recs *r)
+{
+    free(r->v);
+    memset(r, 0, sizeof *r);
+}
+
+static void recs_add(struct recs *r, const struct rec *x)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 1024;
+        struct rec *v = realloc(r->v, cap * sizeof *v);
+        if (!v) {
+            CHECK(!"out of memory");
+            return;
+        }
+        r->v = v;
+        r->cap = cap;
+    }
+    r->v[r->n++] = *x;
+}
+
+/* One data line of `fields` comma-separated fields (lp.csv 9, acked 6). */
+static int rec_parse(const char *line, unsigned fields, struct rec *x)
+{
+    unsigned commas = 0;
+    const char *p;
+    int used = 0;
+
+    for (p = line; *p && *p != '\n'; p++)
+        commas += *p == ',';
+    if (*p != '\n' || commas + 1 != fields)
+        return -1;
+    if (sscanf(line, "%15[^,],%15[^,],%lu,%lu,%lu,%lu%n", x->dcu, x->meter,
+               &x->ts, &x->import_wh, &x->export_wh, &x->status, &used) != 6)
+        return -1;
+    return line[used] == (fields == 6 ? '\n' : ',') ? 0 : -1;
+}
+
+/* Adds the rows of a CSV file with `fields` columns; -1 when it cannot be
+ * read. */
+static int recs_load(struct recs *r, const char *path, unsigned fields)
+{
+    FILE *f = fopen(path, "r");
+    char line[LINE_MAX_TEST];
+    long lineno = 0;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        struct rec x;
+        lineno++;
+        if (strncmp(line, "dcu_id,", 7) == 0) {
+            if (lineno == 1)
+                r->headers++;
+            else
+                r->misplaced_headers++;
+        } else if (rec_parse(line, fields, &x) == 0) {
+            recs_add(r, &x);
+        } else {
+            r->bad++;
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+/* (dcu_id, meter_id, ts) identifies a reading. */
+static int rec_key_cmp(const void *a, const void *b)
+{
+    const struct rec *x = a, *y = b;
+    int c = strcmp(x->dcu, y->dcu);
+
+    if (c == 0)
+        c = strcmp(x->meter, y->meter);
+    if (c == 0)
+        c = (x->ts > y->ts) - (x->ts < y->ts);
+    return c;
+}
+
+static void recs_sort(struct recs *r)
+{
+    if (r->n > 0)
+        qsort(r->v, r->n, sizeof *r->v, rec_key_cmp);
+}
+
+/* Readings present more than once (r sorted). */
+static size_t recs_dups(const struct recs *r)
+{
+    size_t i, n = 0;
+
+    for (i = 1; i < r->n; i++)
+        n += rec_key_cmp(&r->v[i - 1], &r->v[i]) == 0;
+    return n;
+}
+
+/* Records of want that have (sorted) is missing, or holds with other values. */
+static size_t recs_missing(const struct recs *have, const struct recs *want)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < want->n; i++) {
+        const struct rec *w = &want->v[i];
+        const struct rec *h = have->n ? bsearch(w, have->v, have->n,
+                                                sizeof *w, rec_key_cmp) : NULL;
+        n += !h || h->import_wh != w->import_wh ||
+             h->export_wh != w->export_wh || h->status != w->status;
+    }
+    return n;
+}
+
+static size_t recs_of_dcu(const struct recs *r, unsigned dcu)
+{
+    char id[16];
+    size_t i, n = 0;
+
+    snprintf(id, sizeof id, "DCU%05u", dcu);
+    for (i = 0; i < r->n; i++)
+        n += strcmp(r->v[i].dcu, id) == 0;
+    return n;
+}
+
+/* Loads stored (lp.csv rows, 9 fields) and acked (dcusim's CSV), sorted. */
+static void recs_load_run(const struct world *w, struct recs *stored,
+                          struct recs *acked)
+{
+    memset(stored, 0, sizeof *stored);
+    memset(acked, 0, sizeof *acked);
+    CHECK(recs_load(stored, w->lp, 9) == 0);
+    CHECK(recs_load(acked, w->acked, 6) == 0);
+    recs_sort(stored);
+    recs_sort(acked);
+}
+
+/* Rule 6, exactly: every acked record stored once with its values, no torn
+ * line, and nothing stored that was not acknowledged. */
+static void check_stored_exactly(const struct recs *stored,
+                                 const struct recs *acked)
+{
+    CHECK_EQ(stored->bad, 0);
+    CHECK_EQ(stored->misplaced_headers, 0);
+    CHECK_EQ(recs_dups(stored), 0);
+    CHECK_EQ(recs_missing(stored, acked), 0);
+    CHECK_EQ(recs_missing(acked, stored), 0);
+    CHECK_EQ(stored->n, acked->n);
+}
+
+/* Data lines of a CSV file: lines that are not its header. */
+static long csv_rows(const char *path)
+{
+    long lines = log_count(path, "\n"), headers = log_count(path, "dcu_id,");
+
+    return lines - headers;
+}
+
+/* ------------------------------------------------------------------------
+ * HTTP
+ * ---------------------------------------------------------------------- */
+
+/* GET path from 127.0.0.1:port; the whole response (NUL-terminated) in buf
+ * and the status code, or -1. */
+static int http_get(int port, const char *path, char *buf, size_t cap)
+{
+    struct sockaddr_in a;
+    struct timeval tv = { 3, 0 };
+    char req[256];
+    size_t got = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), status = -1;
+    ssize_t n;
+
+    buf[0] = '\0';
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: test\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        write(fd, req, strlen(req)) == (ssize_t)strlen(req)) {
+        while (got + 1 < cap && (n = read(fd, buf + got, cap - 1 - got)) > 0)
+            got += (size_t)n;
+        buf[got] = '\0';
+        if (strncmp(buf, "HTTP/1.", 7) == 0 && got > 12)
+            status = atoi(buf + 9);
+    }
+    close(fd);
+    return status;
+}
+
+/* The value of the sample `name` (labels included) in an exposition; -1. */
+static long long metric_get(const char *text, const char *name)
+{
+    size_t len = strlen(name);
+    const char *p = text;
+
+    while ((p = strstr(p, name)) != NULL) {
+        if ((p == text || p[-1] == '\n') && p[len] == ' ')
+            return strtoll(p + len + 1, NULL, 10);
+        p += len;
+    }
+    return -1;
+}
+
+/* Waits (bounded) until /metrics says name >= min; the last exposition in
+ * buf. */
+static int metrics_wait(const struct world *w, const char *name, long long min,
+                        char *buf, size_t cap)
+{
+    int64_t deadline = now_ms() + SETTLE_MS;
+
+    for (;;) {
+        if (http_get(w->metrics_port, "/metrics", buf, cap) == 200 &&
+            metric_get(buf, name) >= min)
+            return 0;
+        if (now_ms() >= deadline)
+            return -1;
+        sleep_ms(20);
+    }
+}
+
+/* Rows of a CSV file and how many distinct values its first key_fields
+ * fields take (header not counted). */
+static void csv_keys(const char *path, unsigned key_fields, long *rows,
+                     long *distinct)
+{
+    FILE *f = fopen(path, "r");
+    char line[LINE_MAX_TEST], (*keys)[40] = NULL;
+    long n = 0, cap = 0, i;
+
+    *rows = *distinct = 0;
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line;
+        size_t len;
+        unsigned k;
+
+        if (strncmp(line, "dcu_id,", 7) == 0)
+            continue;
+        for (k = 0; k < key_fields && p; k++)
+            p = strchr(p + (k > 0), ',');
+        if (p)
+            *p = '\0';
+        if (n == cap) {
+            cap = cap ? 2 * cap : 256;
+            keys = realloc(keys, (size_t)cap * sizeof *keys);
+            if (!keys)
+                break;
+        }
+        len = strlen(line) < sizeof keys[0] ? strlen(line) : sizeof keys[0] - 1;
+        memcpy(keys[n], line, len);
+        keys[n++][len] = '\0';
+    }
+    fclose(f);
+    if (keys)
+        qsort(keys, (size_t)n, sizeof *keys,
+              (int (*)(const void *, const void *))strcmp);
+    for (i = 0; keys && i < n; i++)
+        *distinct += i == 0 || strcmp(keys[i - 1], keys[i]) != 0;
+    *rows = n;
+    free(keys);
+}
+
+static void check_csv_keys(const struct world *w, const char *name,
+                           unsigned key_fields, long rows)
+{
+    char path[PATH_MAX_TEST + 32];
+    long got_rows, distinct;
+
+    snprintf(path, sizeof path, "%s/%s", w->data, name);
+    csv_keys(path, key_fields, &got_rows, &distinct);
+    CHECK_EQ(got_rows, rows);
+    CHECK_EQ(distinct, rows);
+}
+
+/* Waits (bounded) for dcusim to exit by itself; its exit status. */
+static int sim_wait_exit(struct world *w, int ms)
+{
+    int rc = test_wait(w->sim, ms);
+
+    w->sim = -1;
+    return rc;
+}
+
+/* ========================================================================
+ * 1. Poll cycles
+ * ====================================================================== */
+
+#define POLL_DCUS 100
+#define POLL_RECORDS 96
+#define POLL_METERS 2
+
+/* 100 DCUs x 96 records, poll=k,s,m,n, one --once run; the keyed run
+ * also holds fepd to 10 sessions at a time, so that most polls wait. */
+static void poll_cycle(int keyed)
+{
+    const char *args[] = { "--dcus", "100", "--records", "96", "--meters", "2",
+                           "--key", KEY_HEX, NULL };
+    struct world w;
+    struct recs stored, acked;
+
+    if (!keyed)
+        args[6] = NULL;
+    world_init(&w, keyed ? "pollkey" : "poll");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_begin(&w, keyed ? "max_sessions 10\n" : NULL);
+        conf_dcus(&w, 1, POLL_DCUS, w.sim_addr, keyed, "k,s,m,n");
+        CHECK_EQ(fep_once(&w, FEPD_T), 0);
+        CHECK_EQ(sim_stop(&w), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(log_count(w.fep_log, "failed: "), 0);
+        /* One connection per DCU per cycle (PROTOCOL.md section 1). */
+        CHECK_EQ(sim_report(&w, "sessions"), POLL_DCUS);
+        CHECK_EQ(sim_report(&w, "polls"), 4 * POLL_DCUS);
+        CHECK_EQ(sim_report(&w, "nacks_received"), 0);
+        CHECK_EQ(sim_report(&w, "records_acked"), POLL_DCUS * POLL_RECORDS);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, POLL_DCUS * POLL_RECORDS);
+        CHECK_EQ(stored.headers, 1);
+        check_stored_exactly(&stored, &acked);
+        /* S: one row per DCU; M and N: one per meter. */
+        check_csv_keys(&w, "dcu_status.csv", 1, POLL_DCUS);
+        check_csv_keys(&w, "meter_status.csv", 2, POLL_DCUS * POLL_METERS);
+        check_csv_keys(&w, "meter_change.csv", 2, POLL_DCUS * POLL_METERS);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    world_end(&w);
+}
+
+static void test_fep_poll_plaintext(void)
+{
+    poll_cycle(0);
+}
+
+static void test_fep_poll_keyed(void)
+{
+    poll_cycle(1);
+}
+
+/* A DCU where nothing listens: its cycle fails, the others' do not. */
+static void test_fep_poll_unreachable(void)
+{
+    const char *args[] = { "--dcus", "2", "--records", "96", NULL };
+    char nobody[32];
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "unreachable");
+    snprintf(nobody, sizeof nobody, "127.0.0.1:%d", w.fep_port);
+    if (sim_start(&w, 0, args) == 0) {
+        conf_begin(&w, NULL);
+        conf_dcus(&w, 1, 2, w.sim_addr, 0, "k");
+        conf_dcus(&w, 3, 1, nobody, 0, "k");
+        CHECK_EQ(fep_once(&w, FEPD_T), 1);
+        CHECK_EQ(sim_stop(&w), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(once_failures(&w, 3, FEP_ERR_CONNECT), 1);
+        CHECK_EQ(log_count(w.fep_log, "--once: 3 DCUs polled, 2 ok, 1 failed"), 1);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, 2 * 96);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    world_end(&w);
+}
+
+/* The production binary, without the test hooks, does the same. */
+static void test_fep_smoke_fepd(void)
+{
+    const char *args[] = { "--dcus", "3", "--records", "96", NULL };
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "smoke");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_begin(&w, NULL);
+        conf_dcus(&w, 1, 3, w.sim_addr, 0, "k");
+        CHECK_EQ(fep_once(&w, FEPD), 0);
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK_EQ(log_count(w.fep_log, "--once: 3 DCUs polled, 3 ok, 0 failed"), 1);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, 3 * 96);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 2. Push
+ * ====================================================================== */
+
+static void test_fep_push_concurrent(void)
+{
+    const char *args[] = { "--dcus", "100", "--records", "96", "--key", KEY_HEX,
+                           NULL };
+    char directives[128];
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "push");
+    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 100, NULL, 1, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(sim_report(&w, "pushes"), 100);
+        CHECK_EQ(sim_report(&w, "nacks_received"), 0);
+        CHECK_EQ(log_count(w.fep_log, "session push DCU"), 100);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, 100 * 96);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 3. dcusim's fault modes, one at a time, on DCU00001 of three
+ * ====================================================================== */
+
+#define FAULT_DCUS 3
+#define FAULT_RECORDS 96
+
+struct fault_case {
+    const char *tag;
+    const char *fault;                  /* --fault SPEC; @1 is added */
+    int push;                           /* 1: the DCUs push; 0: fepd --once polls */
+    int keyed;
+    unsigned records;                   /* per DCU; 0: FAULT_RECORDS */
+    const char *directives;             /* fepd config lines, or NULL */
+    int rc;                             /* poll: fepd --once exit status */
+    fep_err nack;                       /* the NACK dcusim receives, or FEP_OK */
+    long nacks;                         /* how many of them */
+    fep_err failure;                    /* how DCU00001's session ends; FEP_OK: well */
+    long rows;                          /* DCU00001's rows in lp.csv */
+};
+
+/* Lines of path that contain both a and b. */
+static long log_count2(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    char line[LINE_MAX_TEST];
+    long n = 0;
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, a) && strstr(line, b);
+    fclose(f);
+    return n;
+}
+
+/* Polls DCU00001..3 with fepd_t --once, or lets them push to a fepd_t
+ * daemon until dcusim is done. */
+static void fault_exchange(struct world *w, const struct fault_case *c,
+                           const char *const *args)
+{
+    char directives[256];
+
+    if (!c->push) {
+        if (sim_start(w, 0, args) != 0)
+            return;
+        conf_begin(w, c->directives);
+        conf_dcus(w, 1, FAULT_DCUS, w->sim_addr, c->keyed, "k");
+        CHECK_EQ(fep_once(w, FEPD_T), c->rc);
+        CHECK_EQ(sim_stop(w), 0);
+        return;
+    }
+    snprintf(directives, sizeof directives, "listen %s\n%s", w->fep_addr,
+             c->directives ? c->directives : "");
+    conf_begin(w, directives);
+    conf_dcus(w, 1, FAULT_DCUS, NULL, c->keyed, "k");
+    if (fep_start(w, NULL) == 0 && sim_start(w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(w, SIGTERM), 0);
+    }
+    fep_stop(w, SIGKILL);
+}
+
+/*
+ * Runs three DCUs against fepd_t with c->fault on DCU00001 and checks what
+ * every fault test shares: exactly the NACKs expected and no other; one
+ * session ending with c->failure (and with --once, the exit status and the
+ * summary naming DCU00001, and only it); the other DCUs' records all
+ * stored; stored == acknowledged, exactly; a clean exit.  Returns how long
+ * the failed session lasted (-1: none did); dcusim's log stays in w for
+ * more checks.
+ */
+static int64_t fault_run(struct world *w, const struct fault_case *c)
+{
+    char fault[64], records[16], text[160];
+    const char *args[] = { "--dcus", "3", "--records", records, "--fault",
+                           fault, "--key", KEY_HEX, NULL };
+    unsigned n = c->records ? c->records : FAULT_RECORDS, i;
+    const char *kind = c->push ? "session push " : "session poll ";
+    struct recs stored, acked;
+
+    snprintf(fault, sizeof fault, "%s@1", c->fault);
+    snprintf(records, sizeof records, "%u", n);
+    if (!c->keyed)
+        args[6] = NULL;
+    world_init(w, c->tag);
+    fault_exchange(w, c, args);
+    check_clean_exit(w);
+    if (c->nack != FEP_OK) {
+        snprintf(text, sizeof text, "nack_%s", fep_nack_name(c->nack));
+        CHECK_EQ(sim_report(w, text), c->nacks);
+    }
+    CHECK_EQ(sim_report(w, "nacks_received"), c->nacks);
+    snprintf(text, sizeof text, " error: %s", fep_strerror(c->failure));
+    CHECK_EQ(log_count2(w->fep_log, kind, " error: "), c->failure != FEP_OK);
+    CHECK_EQ(log_count2(w->fep_log, kind, text), c->failure != FEP_OK);
+    if (!c->push)
+        CHECK_EQ(c->failure == FEP_OK ? once_any_failure(w, 1)
+                                      : once_failures(w, 1, c->failure),
+                 c->failure != FEP_OK);
+    recs_load_run(w, &stored, &acked);
+    check_stored_exactly(&stored, &acked);
+    CHECK_EQ(recs_of_dcu(&stored, 1), c->rows);
+    for (i = 2; i <= FAULT_DCUS; i++) {
+        CHECK_EQ(once_any_failure(w, i), 0);
+        CHECK_EQ(recs_of_dcu(&stored, i), n);
+    }
+    recs_free(&stored);
+    recs_free(&acked);
+    return log_kv(w->fep_log, text, "duration_ms");
+}
+
+/* A frame written one byte at a time is taken whole, within timeout_frame. */
+static void test_fep_fault_dribble(void)
+{
+    static const struct fault_case c = {
+        .tag = "dribble", .fault = "dribble:1", .records = 20,
+        .directives = "timeout_frame 5\n", .rows = 20
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* Garbage before the first frame is skipped and counted; SIGUSR1's stats
+ * line says how much. */
+static void test_fep_fault_garbage(void)
+{
+    const char *args[] = { "--dcus", "3", "--records", "96", "--fault",
+                           "garbage:100@1", NULL };
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "garbage");
+    conf_begin(&w, NULL);
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, FAULT_DCUS, w.sim_addr, 0, "k");
+        if (fep_start(&w, NULL) == 0) {
+            CHECK(wait_log(w.fep_log, "session poll", FAULT_DCUS, SETTLE_MS) == 0);
+            kill(w.fep, SIGUSR1);
+            CHECK(wait_log(w.fep_log, "stats: ", 1, SETTLE_MS) == 0);
+            CHECK_EQ(log_kv(w.fep_log, "stats: ", "garbage_bytes"), 100);
+            CHECK_EQ(log_kv(w.fep_log, "stats: ", "poll_ok"), FAULT_DCUS);
+            CHECK_EQ(log_kv(w.fep_log, "stats: ", "records_stored"),
+                     FAULT_DCUS * 96);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK_EQ(sim_report(&w, "nacks_received"), 0);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, FAULT_DCUS * 96);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* More than GARBAGE_MAX bytes: the connection is closed, no NACK. */
+static void test_fep_fault_garbage_flood(void)
+{
+    static const struct fault_case c = {
+        .tag = "garbage-flood", .fault = "garbage:3000", .rc = 1,
+        .failure = FEP_ERR_GARBAGE
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* One bad CRC: NACK CRC, the session goes on, the retransmission is stored. */
+static void test_fep_fault_crc(void)
+{
+    static const struct fault_case c = {
+        .tag = "crc", .fault = "crc", .nack = FEP_ERR_CRC, .nacks = 1,
+        .rows = FAULT_RECORDS
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    CHECK_EQ(sim_report(&w, "retransmits"), 1);
+    CHECK_EQ(sim_report(&w, "sessions"), FAULT_DCUS);
+    world_end(&w);
+}
+
+/* The third consecutive bad CRC: NACK CRC, then closed. */
+static void test_fep_fault_crc_always(void)
+{
+    static const struct fault_case c = {
+        .tag = "crc-always", .fault = "crc-always", .rc = 1,
+        .nack = FEP_ERR_CRC, .nacks = 3, .failure = FEP_ERR_CRC
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_fault_badtag(void)
+{
+    static const struct fault_case c = {
+        .tag = "badtag", .fault = "badtag", .keyed = 1, .rc = 1,
+        .nack = FEP_ERR_SECURITY, .nacks = 1, .failure = FEP_ERR_SECURITY
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* Packet 1 reuses an IC: NACK REPLAY; packet 0 (76 records) stays stored. */
+static void test_fep_fault_replay(void)
+{
+    static const struct fault_case c = {
+        .tag = "replay", .fault = "replay", .keyed = 1, .rc = 1,
+        .nack = FEP_ERR_REPLAY, .nacks = 1, .failure = FEP_ERR_REPLAY,
+        .rows = LP_RECORDS_MAX_SEC
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_fault_skip_fsn(void)
+{
+    static const struct fault_case c = {
+        .tag = "skip-fsn", .fault = "skip-fsn", .rc = 1,
+        .nack = FEP_ERR_SEQUENCE, .nacks = 1, .failure = FEP_ERR_SEQUENCE
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* The packet just acknowledged, sent again: ACKed again, stored once. */
+static void test_fep_fault_dup_fsn(void)
+{
+    static const struct fault_case c = {
+        .tag = "dup-fsn", .fault = "dup-fsn", .rows = FAULT_RECORDS
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    /* Two packets per DCU, and one ACK more for the duplicate. */
+    CHECK_EQ(sim_report(&w, "acks_received"), 2 * FAULT_DCUS + 1);
+    world_end(&w);
+}
+
+static void test_fep_fault_oversize(void)
+{
+    static const struct fault_case c = {
+        .tag = "oversize", .fault = "oversize", .rc = 1,
+        .nack = FEP_ERR_LENGTH, .nacks = 1, .failure = FEP_ERR_LENGTH
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* A DCU that never answers is given timeout_frame, not more. */
+static void test_fep_fault_silent(void)
+{
+    static const struct fault_case c = {
+        .tag = "silent", .fault = "silent", .rc = 1, .failure = FEP_ERR_TIMEOUT
+    };
+    struct world w;
+    long long elapsed = fault_run(&w, &c);
+
+    CHECK(elapsed >= TIMEOUT_FRAME_MS);
+    CHECK(elapsed < TIMEOUT_FRAME_MS + MARGIN_MS);
+    world_end(&w);
+}
+
+/* The DCU refuses the request: no reply to store, the cycle fails, and
+ * fepd does not answer a NACK with a NACK. */
+static void test_fep_fault_nack(void)
+{
+    static const struct fault_case c = {
+        .tag = "nack", .fault = "nack", .rc = 1, .failure = FEP_ERR_NACKED
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* A keyed DCU's unprotected frame. */
+static void test_fep_fault_plaintext(void)
+{
+    static const struct fault_case c = {
+        .tag = "plaintext", .fault = "plaintext", .keyed = 1, .rc = 1,
+        .nack = FEP_ERR_SECURITY, .nacks = 1, .failure = FEP_ERR_SECURITY
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_fault_noread(void)
+{
+    static const struct fault_case c = {
+        .tag = "noread", .fault = "noread", .rc = 1, .failure = FEP_ERR_TIMEOUT
+    };
+    struct world w;
+    long long elapsed = fault_run(&w, &c);
+
+    CHECK(elapsed < TIMEOUT_FRAME_MS + MARGIN_MS);
+    world_end(&w);
+}
+
+/* Closed in the middle of packet 0: nothing of it is stored. */
+static void test_fep_fault_cut(void)
+{
+    static const struct fault_case c = {
+        .tag = "cut", .fault = "cut", .rc = 1, .failure = FEP_ERR_CLOSED
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+/* One byte a second: timeout_frame is not restarted by each byte. */
+static void test_fep_fault_slowloris(void)
+{
+    static const struct fault_case c = {
+        .tag = "slowloris", .fault = "slowloris", .rc = 1,
+        .failure = FEP_ERR_TIMEOUT
+    };
+    struct world w;
+    long long elapsed = fault_run(&w, &c);
+
+    CHECK(elapsed < TIMEOUT_FRAME_MS + MARGIN_MS);
+    world_end(&w);
+}
+
+/* CPU time of the children reaped so far. */
+static int64_t children_cpu_ms(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_CHILDREN, &ru) != 0)
+        return 0;
+    return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
+/* max_sessions 1, and the first DCU holds the only session until
+ * timeout_frame: the others are polled once it ends, and fepd waits for
+ * that in select(), not in a loop around it. */
+static void test_fep_poll_limit(void)
+{
+    static const struct fault_case c = {
+        .tag = "limit", .fault = "silent", .rc = 1, .failure = FEP_ERR_TIMEOUT,
+        .directives = "max_sessions 1\ntimeout_frame 1\n"
+    };
+    struct world w;
+    int64_t cpu = children_cpu_ms(), wall = now_ms();
+
+    CHECK(fault_run(&w, &c) >= 1000);
+    cpu = children_cpu_ms() - cpu;
+    wall = now_ms() - wall;
+    CHECK(cpu * 4 < wall);
+    world_end(&w);
+}
+
+/* Faults on the first frame of a push session, before fepd knows which DCU
+ * it talks to: the NACK still goes to the DCU the frame names, under its
+ * key (PROTOCOL.md section 4), or the DCU cannot take it. */
+static void test_fep_push_fault_crc(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-crc", .fault = "crc", .push = 1, .keyed = 1,
+        .nack = FEP_ERR_CRC, .nacks = 1, .rows = FAULT_RECORDS
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    CHECK_EQ(sim_report(&w, "bad_frames"), 0);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_crc_always(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-crc-always", .fault = "crc-always", .push = 1, .keyed = 1,
+        .nack = FEP_ERR_CRC, .nacks = 3, .failure = FEP_ERR_CRC
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    CHECK_EQ(sim_report(&w, "bad_frames"), 0);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_oversize(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-oversize", .fault = "oversize", .push = 1, .keyed = 1,
+        .nack = FEP_ERR_LENGTH, .nacks = 1, .failure = FEP_ERR_LENGTH
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    CHECK_EQ(sim_report(&w, "bad_frames"), 0);
+    world_end(&w);
+}
+
+/* A push's first packet must be FSN 0. */
+static void test_fep_push_fault_skip_fsn(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-skip-fsn", .fault = "skip-fsn", .push = 1, .keyed = 1,
+        .nack = FEP_ERR_SEQUENCE, .nacks = 1, .failure = FEP_ERR_SEQUENCE
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_badtag(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-badtag", .fault = "badtag", .push = 1, .keyed = 1,
+        .nack = FEP_ERR_SECURITY, .nacks = 1, .failure = FEP_ERR_SECURITY
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_dup_fsn(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-dup-fsn", .fault = "dup-fsn", .push = 1, .keyed = 1,
+        .rows = FAULT_RECORDS
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    CHECK_EQ(sim_report(&w, "acks_received"), 2 * FAULT_DCUS + 1);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_cut(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-cut", .fault = "cut", .push = 1, .keyed = 1,
+        .failure = FEP_ERR_CLOSED
+    };
+    struct world w;
+
+    fault_run(&w, &c);
+    world_end(&w);
+}
+
+static void test_fep_push_fault_slowloris(void)
+{
+    static const struct fault_case c = {
+        .tag = "push-slowloris", .fault = "slowloris", .push = 1,
+        .failure = FEP_ERR_TIMEOUT
+    };
+    struct world w;
+    long long elapsed = fault_run(&w, &c);
+
+    CHECK(elapsed < TIMEOUT_FRAME_MS + MARGIN_MS);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 4. Push specifics
+ * ====================================================================== */
+
+/* Pushes from DCUs fepd does not know: NACK UNKNOWN; the known ones store. */
+static void test_fep_push_unknown(void)
+{
+    const char *args[] = { "--dcus", "4", "--records", "20", NULL };
+    char directives[128];
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "unknown");
+    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 2, NULL, 0, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(sim_report(&w, "nack_unknown"), 2);
+        CHECK_EQ(sim_report(&w, "nacks_received"), 2);
+        recs_load_run(&w, &stored, &acked);
+        check_stored_exactly(&stored, &acked);
+        CHECK_EQ(recs_of_dcu(&stored, 1), 20);
+        CHECK_EQ(recs_of_dcu(&stored, 2), 20);
+        CHECK_EQ(stored.n, 40);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* max_sessions 1 and four slow pushes at once: the ones over the limit are
+ * answered NACK BUSY, the others stored. */
+static void test_fep_push_busy(void)
+{
+    const char *args[] = { "--dcus", "4", "--records", "20", "--fault",
+                           "dribble:2", NULL };
+    char directives[128];
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "busy");
+    snprintf(directives, sizeof directives,
+             "listen %s\nmax_sessions 1\ntimeout_frame 5\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 4, NULL, 0, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        recs_load_run(&w, &stored, &acked);
+        check_stored_exactly(&stored, &acked);
+        CHECK(sim_report(&w, "nack_busy") >= 1);
+        CHECK_EQ(sim_report(&w, "nacks_received"), sim_report(&w, "nack_busy"));
+        /* Every DCU was either stored whole or told BUSY. */
+        CHECK(stored.n > 0);
+        CHECK_EQ(stored.n % 20, 0);
+        CHECK_EQ(stored.n / 20 + (size_t)sim_report(&w, "nack_busy"), 4);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* A connection that sends nothing is closed after timeout_idle. */
+static void test_fep_push_idle(void)
+{
+    char directives[128], byte;
+    struct world w;
+    struct sockaddr_in a;
+    struct timeval tv = { 5, 0 };
+    int fd;
+
+    world_init(&w, "idle");
+    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 1, NULL, 0, "k");
+    if (fep_start(&w, NULL) == 0) {
+        int64_t t0, elapsed;
+        ssize_t n;
+
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)w.fep_port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+        t0 = now_ms();
+        n = read(fd, &byte, 1);
+        elapsed = now_ms() - t0;
+        close(fd);
+        CHECK(n == 0);                  /* closed by fepd, nothing sent */
+        CHECK(elapsed >= 400);          /* timeout_idle 0.5 */
+        CHECK(elapsed < 500 + MARGIN_MS);
+        CHECK(wait_log(w.fep_log, "session push -", 1, SETTLE_MS) == 0);
+        CHECK_EQ(log_count(w.fep_log, fep_strerror(FEP_ERR_TIMEOUT)), 1);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(csv_rows(w.lp), 0);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 5. Restart after kill -9
+ * ====================================================================== */
+
+/* Waits (bounded) until path has at least rows data lines. */
+static int wait_rows(const char *path, long rows)
+{
+    int64_t deadline = now_ms() + SETTLE_MS;
+
+    while (csv_rows(path) < rows) {
+        if (now_ms() >= deadline)
+            return -1;
+        sleep_ms(10);
+    }
+    return 0;
+}
+
+static void test_fep_restart_kill9(void)
+{
+    const char *args[] = { "--dcus", "5", "--records", "96", "--key", KEY_HEX,
+                           NULL };
+    struct world w;
+    struct recs stored, acked;
+    long rows;
+
+    world_init(&w, "restart");
+    conf_begin(&w, "poll_every 0.2\n");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, 5, w.sim_addr, 1, "k");
+        if (fep_start(&w, NULL) == 0) {
+            CHECK(wait_rows(w.lp, 1000) == 0);
+            CHECK_EQ(fep_stop(&w, SIGKILL), 128 + SIGKILL);
+        }
+        rows = csv_rows(w.lp);
+        if (fep_start(&w, NULL) == 0) {
+            CHECK(wait_rows(w.lp, rows + 1000) == 0);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK_EQ(sim_report(&w, "fep_ic_reused"), 0);
+        CHECK_EQ(sim_report(&w, "nack_replay"), 0);
+        CHECK_EQ(sim_report(&w, "bad_frames"), 0);
+        recs_load_run(&w, &stored, &acked);
+        /* At-least-once: a row stored before the crash may come again. */
+        CHECK(acked.n >= 2000);
+        CHECK_EQ(recs_missing(&stored, &acked), 0);
+        CHECK_EQ(stored.bad, 0);
+        CHECK_EQ(stored.misplaced_headers, 0);
+        CHECK_EQ(stored.headers, 1);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 6. Store failures
+ * ====================================================================== */
+
+/* Moves lp.csv away (to lp.csv.old.N) and puts a directory in its place;
+ * when fepd recreates the file in between, that one is moved away too.
+ * Returns how many files were moved. */
+static int lp_replace_by_dir(const struct world *w)
+{
+    char old[PATH_MAX_TEST + 16];
+    int moved = 0;
+
+    while (moved < 10) {
+        snprintf(old, sizeof old, "%s.old.%d", w->lp, moved);
+        if (rename(w->lp, old) == 0)
+            moved++;
+        if (mkdir(w->lp, 0755) == 0)
+            return moved;
+    }
+    CHECK(!"lp.csv could not be replaced by a directory");
+    return moved;
+}
+
+/* lp.csv and every lp.csv.old.N, one set. */
+static void load_lp_files(const struct world *w, int moved, struct recs *stored)
+{
+    char old[PATH_MAX_TEST + 16];
+    int i;
+
+    memset(stored, 0, sizeof *stored);
+    CHECK(recs_load(stored, w->lp, 9) == 0);
+    for (i = 0; i < moved; i++) {
+        snprintf(old, sizeof old, "%s.old.%d", w->lp, i);
+        CHECK(recs_load(stored, old, 9) == 0);
+    }
+    recs_sort(stored);
+}
+
+static void test_fep_store_dir_swap(void)
+{
+    const char *args[] = { "--dcus", "3", "--records", "10", NULL };
+    char status[PATH_MAX_TEST + 32];
+    struct world w;
+    struct recs stored, acked;
+    int moved = 0;
+
+    world_init(&w, "storefail");
+    snprintf(status, sizeof status, "%s/dcu_status.csv", w.data);
+    conf_begin(&w, "poll_every 0.3\n");
+    if (sim_start(&w, 0, args) == 0) {
+        /* DCU00003 is asked for S only: its rows go to another file, often
+         * in the same loop pass as the others' K. */
+        conf_dcus(&w, 1, 2, w.sim_addr, 0, "k");
+        conf_dcus(&w, 3, 1, w.sim_addr, 0, "s");
+        if (fep_start(&w, NULL) == 0) {
+            long status_rows;
+
+            CHECK(wait_rows(w.lp, 20) == 0);
+            moved = lp_replace_by_dir(&w);
+            CHECK(sim_wait_report(&w, "nack_store", 4) == 0);
+            /* Still running, and serving the DCU whose file is fine. */
+            status_rows = csv_rows(status);
+            CHECK(wait_rows(status, status_rows + 5) == 0);
+            /* A commit that fails takes its whole pass with it (fep.h,
+             * store_commit), but a packet refused before anything of it was
+             * written must not cost the other packets of its pass. */
+            CHECK(log_count(w.fep_log, "poll DCU00003: NACK") <=
+                  log_count(w.fep_log, "replaced or removed while open"));
+            CHECK(rmdir(w.lp) == 0);
+            CHECK(wait_rows(w.lp, 20) == 0);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK(moved >= 1);
+        load_lp_files(&w, moved, &stored);
+        memset(&acked, 0, sizeof acked);
+        CHECK(recs_load(&acked, w.acked, 6) == 0);
+        recs_sort(&acked);
+        CHECK(acked.n >= 40);
+        check_stored_exactly(&stored, &acked);
+        /* The new lp.csv starts with its header, like every moved file. */
+        CHECK_EQ(stored.headers, moved + 1);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* Every fsync from call 30 on fails (start-up makes about ten): each pass
+ * is then NACK STORE and cut back; fepd runs on. */
+static void test_fep_store_fsync_eio(void)
+{
+    const char *args[] = { "--dcus", "3", "--records", "10", NULL };
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "fsync");
+    conf_begin(&w, "poll_every 0.2\n");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, 3, w.sim_addr, 0, "k");
+        if (fep_start(&w, "fsync:30+:EIO") == 0) {
+            CHECK(sim_wait_report(&w, "nack_store", 6) == 0);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK_EQ(sim_report(&w, "nacks_received"), sim_report(&w, "nack_store"));
+        recs_load_run(&w, &stored, &acked);
+        CHECK(acked.n >= 30);           /* the fault came after some passes */
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 7. Command line and config errors
+ * ====================================================================== */
+
+/* fepd_t with argv[1..] = args (NULL-terminated); its exit status. */
+static int fep_cli(struct world *w, const char *const *args)
+{
+    const char *argv[ARGS_MAX + 2];
+    int n = 0;
+    pid_t pid;
+
+    argv[n++] = FEPD_T;
+    while (*args && n < ARGS_MAX)
+        argv[n++] = *args++;
+    argv[n] = NULL;
+    pid = test_spawn(argv, w->fep_log);
+    CHECK(pid > 0);
+    return pid > 0 ? test_wait(pid, ONCE_MS) : -1;
+}
+
+/* A config whose line `line` (1-based, counting the three lines conf_begin
+ * writes first) is wrong: exit 2, and the message names FILE:LINE. */
+static void config_error(const char *tag, const char *directives, unsigned line)
+{
+    const char *args[] = { "-c", NULL, NULL };
+    char needle[PATH_MAX_TEST + 32], listen[128];
+    struct world w;
+
+    world_init(&w, tag);
+    snprintf(listen, sizeof listen, "listen %s\n%s", w.fep_addr, directives);
+    conf_begin(&w, listen);
+    args[1] = w.conf;
+    CHECK_EQ(fep_cli(&w, args), 2);
+    snprintf(needle, sizeof needle, "%s:%u: ", w.conf, line);
+    CHECK_EQ(log_count(w.fep_log, needle), 1);
+    world_end(&w);
+}
+
+static void test_fep_config_errors(void)
+{
+    /* Lines 1-3: fep_id, data_dir, state_dir; 4: listen; 5 on: these. */
+    config_error("cfg-unknown", "dcu DCU00001 - key=- poll=k\nbogus 1\n", 6);
+    config_error("cfg-key", "dcu DCU00001 - key=00112233 poll=k\n", 5);
+    config_error("cfg-dup", "dcu DCU00001 - key=- poll=k\n"
+                            "dcu DCU00002 - key=- poll=k\n"
+                            "dcu DCU00001 - key=- poll=k\n", 7);
+}
+
+static void test_fep_cli(void)
+{
+    const char *check[] = { "-c", NULL, "--check", NULL };
+    const char *help[] = { "-h", NULL };
+    const char *unknown[] = { "-c", NULL, "--bogus", NULL };
+    const char *none[] = { "--once", NULL };
+    struct world w;
+
+    world_init(&w, "cli");
+    conf_begin(&w, NULL);
+    conf_dcus(&w, 1, 2, "127.0.0.1:1", 1, "k,s");
+    check[1] = unknown[1] = w.conf;
+    CHECK_EQ(fep_cli(&w, check), 0);
+    CHECK_EQ(log_count(w.fep_log, ": ok (2 DCUs)"), 1);
+    CHECK_EQ(fep_cli(&w, help), 0);
+    CHECK_EQ(log_count(w.fep_log, "usage: fepd"), 1);
+    CHECK_EQ(fep_cli(&w, unknown), 2);
+    CHECK_EQ(fep_cli(&w, none), 2);
+    /* --check touches nothing: no data or state directory. */
+    CHECK(access(w.data, F_OK) != 0);
+    CHECK(access(w.state, F_OK) != 0);
+    world_end(&w);
+}
+
+/* Start-up failures: exit 3, everything opened so far given back. */
+static void start_failure(struct world *w)
+{
+    char line[LINE_MAX_TEST];
+
+    CHECK_EQ(fep_once(w, FEPD_T), 3);
+    CHECK(log_last_line(w->fep_log, "ledger: slots", line, sizeof line) == 0);
+    CHECK_EQ(kv_get(line, "opened"), kv_get(line, "closed"));
+}
+
+static void test_fep_bind_in_use(void)
+{
+    struct world w;
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    char directives[128];
+
+    world_init(&w, "bind");
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)w.fep_port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 4) == 0);
+    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 1, NULL, 0, "k");
+    start_failure(&w);
+    CHECK_EQ(log_count(w.fep_log, w.fep_addr), 1);
+    close(fd);
+    world_end(&w);
+}
+
+static void test_fep_data_dir_not_writable(void)
+{
+    struct world w;
+
+    world_init(&w, "datadir");
+    CHECK(test_write_file(w.data, "a file, not a directory\n") == 0);
+    conf_begin(&w, NULL);
+    conf_dcus(&w, 1, 1, "127.0.0.1:1", 0, "k");
+    start_failure(&w);
+    CHECK_EQ(log_count(w.fep_log, w.data), 1);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 8. Signals
+ * ====================================================================== */
+
+/* SIGTERM while three long poll sessions are under way: they get
+ * timeout_frame to finish, then fepd exits 0 with nothing lost. */
+static void test_fep_sigterm_during_polls(void)
+{
+    /* 5 records a packet dribbled 2 ms a byte: about 0.4 s a frame, well
+     * within timeout_frame, and 60 packets: a session would last 20 s. */
+    const char *args[] = { "--dcus", "3", "--records", "300", "--per-packet",
+                           "5", "--fault", "dribble:2", NULL };
+    struct world w;
+    struct recs stored, acked;
+
+    world_init(&w, "sigterm");
+    conf_begin(&w, "timeout_frame 2\ntimeout_session 60\n");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, 3, w.sim_addr, 0, "k");
+        if (fep_start(&w, NULL) == 0) {
+            int64_t t0;
+            int rc;
+
+            CHECK(wait_rows(w.lp, 3 * 5) == 0);
+            t0 = now_ms();
+            rc = fep_stop(&w, SIGTERM);
+            CHECK_EQ(rc, 0);
+            CHECK(now_ms() - t0 < 2000 + MARGIN_MS);
+            CHECK_EQ(log_count(w.fep_log, "stopping: 3 sessions open"), 1);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        recs_load_run(&w, &stored, &acked);
+        CHECK(acked.n >= 15);
+        CHECK(acked.n < 3 * 300);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* logrotate: lp.csv moved to lp.csv.1, SIGHUP, new rows in a new lp.csv. */
+static void test_fep_sighup_reopen(void)
+{
+    const char *args[] = { "--dcus", "2", "--records", "10", NULL };
+    char rotated[PATH_MAX_TEST + 8];
+    struct world w;
+    struct recs stored, acked, before;
+
+    world_init(&w, "sighup");
+    snprintf(rotated, sizeof rotated, "%s.1", w.lp);
+    conf_begin(&w, "poll_every 0.2\n");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, 2, w.sim_addr, 0, "k");
+        if (fep_start(&w, NULL) == 0) {
+            CHECK(wait_rows(w.lp, 20) == 0);
+            CHECK(rename(w.lp, rotated) == 0);
+            kill(w.fep, SIGHUP);
+            CHECK(wait_log(w.fep_log, "SIGHUP: reopening", 1, SETTLE_MS) == 0);
+            CHECK(wait_rows(w.lp, 20) == 0);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(stored.headers, 1);
+        memset(&before, 0, sizeof before);
+        CHECK(recs_load(&before, rotated, 9) == 0);
+        CHECK(before.n >= 20);
+        CHECK_EQ(before.headers, 1);
+        recs_free(&stored);
+        memset(&stored, 0, sizeof stored);
+        CHECK(recs_load(&stored, rotated, 9) == 0);
+        CHECK(recs_load(&stored, w.lp, 9) == 0);
+        recs_sort(&stored);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&before);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * 9. /metrics
+ * ====================================================================== */
+
+#define METRICS_DCUS 20
+#define METRICS_BUF (64 * 1024)
+
+/* Every name of DESIGN.md section 5 is in the exposition. */
+static void check_metric_names(const char *text)
+{
+    static const char *const plain[] = {
+        "fep_sessions_active", "fep_frames_received_total",
+        "fep_frames_sent_total", "fep_records_stored_total",
+        "fep_garbage_bytes_total", "fep_slots_in_use", "fep_slots_capacity",
+        "fep_static_memory_bytes", NULL
+    };
+    char name[128];
+    unsigned i;
+
+    for (i = 0; plain[i]; i++)
+        CHECK(metric_get(text, plain[i]) >= 0);
+    for (i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, "fep_sessions_total{kind=\"%s\",result=\"%s\"}",
+                 i / 2 ? "push" : "poll", i % 2 ? "error" : "ok");
+        CHECK(metric_get(text, name) >= 0);
+    }
+    for (i = 1; i <= FEP_NACK_CODE_MAX; i++) {
+        snprintf(name, sizeof name, "fep_nacks_sent_total{code=\"%s\"}",
+                 fep_nack_name(i));
+        CHECK_EQ(metric_get(text, name), 0);
+    }
+    for (i = 1; i <= METRICS_DCUS; i++) {
+        snprintf(name, sizeof name,
+                 "fep_dcu_last_success_timestamp_seconds{dcu=\"DCU%05u\"}", i);
+        CHECK(metric_get(text, name) > 1700000000);
+    }
+}
+
+/* The totals of a run, against the files and the frames dcusim sent. */
+static void check_metric_values(const struct world *w, const char *text,
+                                long long frames)
+{
+    char path[PATH_MAX_TEST + 32];
+    long long rows = csv_rows(w->lp);
+
+    snprintf(path, sizeof path, "%s/dcu_status.csv", w->data);
+    rows += csv_rows(path);
+    CHECK(rows > 0);
+    CHECK_EQ(metric_get(text, "fep_records_stored_total"), rows);
+    CHECK_EQ(metric_get(text, "fep_sessions_active"), 0);
+    /* The connection that asks is the only slot in use. */
+    CHECK_EQ(metric_get(text, "fep_slots_in_use"), 1);
+    CHECK_EQ(metric_get(text, "fep_slots_capacity"),
+             256 + REJECT_SLOTS + METRICS_SLOTS);
+    CHECK_EQ(metric_get(text, "fep_garbage_bytes_total"), 0);
+    CHECK_EQ(metric_get(text, "fep_frames_received_total"), frames);
+}
+
+static long long logged_static_memory(const struct world *w)
+{
+    char line[LINE_MAX_TEST];
+    const char *p;
+
+    if (log_last_line(w->fep_log, "static memory ", line, sizeof line) != 0)
+        return -1;
+    p = strstr(line, "static memory ");
+    return strtoll(p + strlen("static memory "), NULL, 10);
+}
+
+/*
+ * One poll cycle of 20 DCUs (k, s), then 100 push sessions of the same DCUs
+ * from a second dcusim (other timestamps): after each, /metrics agrees with
+ * the files and with dcusim; the static memory never moves.
+ */
+static void test_fep_metrics(void)
+{
+    const char *poll_args[] = { "--dcus", "20", "--records", "30", NULL };
+    const char *push_args[] = { "--dcus", "20", "--records", "30",
+                                "--push-cmds", "KKKKK", "--start-ts",
+                                "1800000000", NULL };
+    static char text[METRICS_BUF];
+    char directives[128];
+    struct world w;
+    struct recs stored, acked;
+    long long static_memory;
+
+    world_init(&w, "metrics");
+    snprintf(directives, sizeof directives, "listen %s\nmetrics %s\n",
+             w.fep_addr, w.metrics_addr);
+    conf_begin(&w, directives);
+    if (sim_start(&w, 0, poll_args) == 0) {
+        conf_dcus(&w, 1, METRICS_DCUS, w.sim_addr, 0, "k,s");
+        if (fep_start(&w, NULL) == 0) {
+            static_memory = logged_static_memory(&w);
+            CHECK(static_memory > 0);
+            CHECK(metrics_wait(&w, "fep_sessions_total{kind=\"poll\",result=\"ok\"}",
+                               METRICS_DCUS, text, sizeof text) == 0);
+            CHECK(strncmp(text, "HTTP/1.0 200 ", 13) == 0);
+            CHECK(sim_wait_report(&w, "acks_received", 2 * METRICS_DCUS) == 0);
+            CHECK_EQ(metric_get(text, "fep_frames_sent_total"),
+                     4 * METRICS_DCUS); /* two requests, two ACKs */
+            check_metric_names(text);
+            check_metric_values(&w, text, sim_report(&w, "packets_sent"));
+            CHECK_EQ(metric_get(text, "fep_static_memory_bytes"), static_memory);
+            CHECK_EQ(sim_stop(&w), 0);
+
+            CHECK(sim_start(&w, 1, push_args) == 0);
+            CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+            CHECK(metrics_wait(&w, "fep_sessions_total{kind=\"push\",result=\"ok\"}",
+                               5 * METRICS_DCUS, text, sizeof text) == 0);
+            check_metric_values(&w, text, 2 * METRICS_DCUS +
+                                              sim_report(&w, "packets_sent"));
+            CHECK_EQ(metric_get(text, "fep_static_memory_bytes"), static_memory);
+            CHECK_EQ(http_get(w.metrics_port, "/other", text, sizeof text), 404);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        recs_load_run(&w, &stored, &acked);
+        CHECK_EQ(acked.n, METRICS_DCUS * 30 * 6);
+        check_stored_exactly(&stored, &acked);
+        recs_free(&stored);
+        recs_free(&acked);
+    }
+    sim_stop(&w);
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* ========================================================================
+ * The suite
+ * ====================================================================== */
+
 void test_fep_suite(void)
 {
+    test_run("fep_poll_plaintext", test_fep_poll_plaintext);
+    test_run("fep_poll_keyed", test_fep_poll_keyed);
+    test_run("fep_poll_unreachable", test_fep_poll_unreachable);
+    test_run("fep_smoke_fepd", test_fep_smoke_fepd);
+    test_run("fep_push_concurrent", test_fep_push_concurrent);
+    test_run("fep_fault_dribble", test_fep_fault_dribble);
+    test_run("fep_fault_garbage", test_fep_fault_garbage);
+    test_run("fep_fault_garbage_flood", test_fep_fault_garbage_flood);
+    test_run("fep_fault_crc", test_fep_fault_crc);
+    test_run("fep_fault_crc_always", test_fep_fault_crc_always);
+    test_run("fep_fault_badtag", test_fep_fault_badtag);
+    test_run("fep_fault_replay", test_fep_fault_replay);
+    test_run("fep_fault_skip_fsn", test_fep_fault_skip_fsn);
+    test_run("fep_fault_dup_fsn", test_fep_fault_dup_fsn);
+    test_run("fep_fault_oversize", test_fep_fault_oversize);
+    test_run("fep_fault_silent", test_fep_fault_silent);
+    test_run("fep_fault_nack", test_fep_fault_nack);
+    test_run("fep_fault_plaintext", test_fep_fault_plaintext);
+    test_run("fep_fault_noread", test_fep_fault_noread);
+    test_run("fep_fault_cut", test_fep_fault_cut);
+    test_run("fep_fault_slowloris", test_fep_fault_slowloris);
+    test_run("fep_poll_limit", test_fep_poll_limit);
+    test_run("fep_push_fault_crc", test_fep_push_fault_crc);
+    test_run("fep_push_fault_crc_always", test_fep_push_fault_crc_always);
+    test_run("fep_push_fault_oversize", test_fep_push_fault_oversize);
+    test_run("fep_push_fault_skip_fsn", test_fep_push_fault_skip_fsn);
+    test_run("fep_push_fault_badtag", test_fep_push_fault_badtag);
+    test_run("fep_push_fault_dup_fsn", test_fep_push_fault_dup_fsn);
+    test_run("fep_push_fault_cut", test_fep_push_fault_cut);
+    test_run("fep_push_fault_slowloris", test_fep_push_fault_slowloris);
+    test_run("fep_push_unknown", test_fep_push_unknown);
+    test_run("fep_push_busy", test_fep_push_busy);
+    test_run("fep_push_idle", test_fep_push_idle);
+    test_run("fep_restart_kill9", test_fep_restart_kill9);
+    test_run("fep_store_dir_swap", test_fep_store_dir_swap);
+    test_run("fep_store_fsync_eio", test_fep_store_fsync_eio);
+    test_run("fep_config_errors", test_fep_config_errors);
+    test_run("fep_cli", test_fep_cli);
+    test_run("fep_bind_in_use", test_fep_bind_in_use);
+    test_run("fep_data_dir_not_writable", test_fep_data_dir_not_writable);
+    test_run("fep_sigterm_during_polls", test_fep_sigterm_during_polls);
+    test_run("fep_sighup_reopen", test_fep_sighup_reopen);
+    test_run("fep_metrics", test_fep_metrics);
 }

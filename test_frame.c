@@ -4,8 +4,9 @@
  * error path, the payload codecs, and a mutation fuzz loop whose input sits
  * right before a guard page, so that any over-read crashes.
  *
- * Environment: FUZZ_ITERATIONS (default 200000) and FUZZ_SEED (default a
- * fixed value, so that every run of `make test` scans the same inputs).
+ * Environment: FUZZ_ITERATIONS (default 200000), FUZZ_SEED (default a fixed
+ * value, so that every run of `make test` scans the same inputs), and
+ * FUZZ_VERBOSE (set: print how often each outcome was reached).
  *
  * Owns: the guard-page mapping of the fuzz test, unmapped before it returns.
  */
@@ -259,7 +260,8 @@ static void test_example_plain_encode(void)
     CHECK_EQ(n, 40);
     hdr_make(&h, CTL_LAST, CMD_LP_REQ, "FEP00001", "DCU00001", 7, 0, 0);
     lp_req_put(payload, 0, 0);
-    CHECK_EQ(frame_encode(out, sizeof out, &h, payload, sizeof payload, NULL, 0),
+    CHECK_EQ(frame_encode(out, sizeof out, &h, payload, sizeof payload, NULL,
+                          0),
              40);
     CHECK_MEM(out, expect, 40);
 }
@@ -442,8 +444,7 @@ static void test_several_frames(void)
         n += g;
         garbage += g;
         n += frame_make(stream + n, sizeof stream - n, sizes[i],
-                        (i % 3 == 1 && sizes[i] <= PAYLOAD_MAX_SEC) ? key : NULL,
-                        (uint16_t)i);
+                        i % 3 == 1 ? key : NULL, (uint16_t)i);
     }
     memset(stream + n, 0x7F, 9);
     n += 9;
@@ -742,10 +743,11 @@ static void test_open_errors(void)
 
     n = frame_make(fr, sizeof fr, 40, key, 9);
     CHECK_EQ(open_edited(fr, n, 0, 0, key), FEP_OK);
-    CHECK_EQ(open_edited(fr, n, n - 3, 0x01, key), FEP_ERR_SECURITY);  /* tag */
-    CHECK_EQ(open_edited(fr, n, n - 14, 0x80, key), FEP_ERR_SECURITY); /* tag */
-    CHECK_EQ(open_edited(fr, n, 34, 0x01, key), FEP_ERR_SECURITY);     /* text */
-    CHECK_EQ(open_edited(fr, n, 33, 0x01, key), FEP_ERR_SECURITY);     /* IC */
+    /* Tag (last and first byte), ciphertext, IC, and header fields (AAD). */
+    CHECK_EQ(open_edited(fr, n, n - 3, 0x01, key), FEP_ERR_SECURITY);
+    CHECK_EQ(open_edited(fr, n, n - 14, 0x80, key), FEP_ERR_SECURITY);
+    CHECK_EQ(open_edited(fr, n, 34, 0x01, key), FEP_ERR_SECURITY);
+    CHECK_EQ(open_edited(fr, n, 33, 0x01, key), FEP_ERR_SECURITY);
     CHECK_EQ(open_edited(fr, n, HDR_QSN, 0x01, key), FEP_ERR_SECURITY);
     CHECK_EQ(open_edited(fr, n, HDR_SID, 0x01, key), FEP_ERR_SECURITY);
     CHECK_EQ(open_edited(fr, n, HDR_CTL, CTL_LAST, key), FEP_ERR_SECURITY);
@@ -803,7 +805,8 @@ static void check_encode_caps(const uint8_t *payload, size_t payload_len,
 
     hdr_make(&h, CTL_LAST, CMD_LP_RSP, "FEP00001", "DCU00001", 5, 6, 7);
     size = frame_encode(ref, sizeof ref, &h, payload, payload_len, key, 42);
-    CHECK_EQ(size, FRAME_HEADER_SIZE + payload_len + 2 + (key ? SEC_OVERHEAD : 0));
+    CHECK_EQ(size, FRAME_HEADER_SIZE + payload_len + FRAME_CRC_SIZE +
+                       (key ? SEC_OVERHEAD : 0));
     if (guard_open(&g, FRAME_SIZE_MAX) != 0) {
         CHECK(!"guard page");
         return;
@@ -812,7 +815,8 @@ static void check_encode_caps(const uint8_t *payload, size_t payload_len,
         CHECK_EQ(frame_encode(g.end - cap, cap, &h, payload, payload_len, key,
                               42),
                  0);
-    CHECK_EQ(frame_encode(g.end - size, size, &h, payload, payload_len, key, 42),
+    CHECK_EQ(frame_encode(g.end - size, size, &h, payload, payload_len, key,
+                          42),
              size);
     CHECK_MEM(g.end - size, ref, size);
     guard_close(&g);
@@ -840,7 +844,8 @@ static void test_encode_limits(void)
     CHECK_EQ(frame_encode(out, sizeof out, &h, payload, PAYLOAD_MAX_SEC + 1,
                           key, 1),
              0);
-    CHECK_EQ(frame_encode(out, sizeof out, &h, payload, PAYLOAD_MAX_SEC, key, 1),
+    CHECK_EQ(frame_encode(out, sizeof out, &h, payload, PAYLOAD_MAX_SEC, key,
+                          1),
              FRAME_SIZE_MAX);
     CHECK_EQ(out[HDR_CTL], CTL_DIR_DCU | CTL_SEC);
     CHECK_EQ(frame_encode(out, sizeof out, &h, payload, PAYLOAD_MAX_PLAIN, NULL,
@@ -941,13 +946,10 @@ static void test_payload_size(void)
     CHECK_EQ(payload_size(CMD_METER_STATUS_RSP, 2), 1 + 2 * METER_ITEM_SIZE);
     CHECK_EQ(payload_size(CMD_METER_CHANGE_RSP, 0), 1);
     CHECK_EQ(payload_size('x', 3), 0);
-    CHECK_EQ(payload_size(CMD_LP_RSP, LP_RECORDS_MAX_PLAIN) <= PAYLOAD_MAX_PLAIN,
-             1);
-    CHECK_EQ(payload_size(CMD_LP_RSP, LP_RECORDS_MAX_SEC + 1) > PAYLOAD_MAX_SEC,
-             1);
-    CHECK_EQ(payload_size(CMD_METER_STATUS_RSP, METER_ITEMS_MAX_SEC) <=
-                 PAYLOAD_MAX_SEC,
-             1);
+    CHECK(payload_size(CMD_LP_RSP, LP_RECORDS_MAX_PLAIN) <= PAYLOAD_MAX_PLAIN);
+    CHECK(payload_size(CMD_LP_RSP, LP_RECORDS_MAX_SEC + 1) > PAYLOAD_MAX_SEC);
+    CHECK(payload_size(CMD_METER_STATUS_RSP, METER_ITEMS_MAX_SEC) <=
+          PAYLOAD_MAX_SEC);
     /* The two agree for every command and count. */
     for (i = 0; i < sizeof cmds; i++)
         for (count = 0; count <= ITEM_COUNT_MAX; count++) {
@@ -1303,24 +1305,26 @@ static void fuzz_append(const uint8_t *p, size_t n)
  * that mutated headers get past the HCS and reach the later checks. */
 static void fuzz_fix_at_sof(void)
 {
-    size_t at = rng_below(&fz.rng, fz.n), flen;
+    static const uint16_t lens[] = { 0, 1, 2, 3, 18, 2018, 2019, 4096, 65535 };
+    size_t at = rng_below(&fz.rng, fz.n), sof, flen;
     const uint8_t *p = fz.n ? memchr(fz.in + at, FRAME_SOF, fz.n - at) : NULL;
     uint8_t *h;
 
     if (p == NULL)
         return;
-    static const uint16_t lens[] = { 0, 1, 2, 3, 18, 2018, 2019, 4096, 65535 };
-
-    h = fz.in + (p - fz.in);
-    if ((size_t)(h - fz.in) + FRAME_HEADER_SIZE > fz.n)
+    sof = (size_t)(p - fz.in);
+    if (sof + FRAME_HEADER_SIZE > fz.n)
         return;
-    if (rng_below(&fz.rng, 3) == 0)
-        put_u16be(h + HDR_LEN, lens[rng_below(&fz.rng, sizeof lens / 2)]);
+    h = fz.in + sof;
+    if (rng_below(&fz.rng, 3) == 0) {
+        size_t k = rng_below(&fz.rng, sizeof lens / sizeof lens[0]);
+        put_u16be(h + HDR_LEN, lens[k]);
+    }
     h[HDR_HCS] = hcs_xor(h, HDR_HCS);
     flen = get_u16be(h + HDR_LEN);
-    if (flen >= 2 && (size_t)(h - fz.in) + 30 + flen <= fz.n &&
+    if (flen >= FRAME_LEN_MIN && sof + FRAME_HEADER_SIZE + flen <= fz.n &&
         rng_below(&fz.rng, 2))
-        put_u16be(h + 28 + flen, crc16_x25(h, 28 + flen));
+        frame_fix(h, FRAME_HEADER_SIZE + flen);
 }
 
 static void fuzz_mutate_once(void)

@@ -80,8 +80,8 @@ static void sim_path(const struct simproc *p, const char *name, char *out,
     snprintf(out, cap, "%s/%s", p->dir, name);
 }
 
-/* Starts dcusim with argv "./dcusim ARGS... NULL"; listen is the address
- * to wait for, or NULL.  0 when it is up. */
+/* Starts "./dcusim ARGS..." (args ends with NULL); wait_listen: wait until
+ * it accepts on p->port.  0 when it is up. */
 static int sim_spawn_argv(struct simproc *p, const char *const *args,
                           int wait_listen)
 {
@@ -119,7 +119,8 @@ static int sim_spawn(struct simproc *p, const char *const *extra)
     return sim_spawn_argv(p, args, 1);
 }
 
-/* SIGTERM, then its exit status (bounded). */
+/* SIGTERM, then its exit status (bounded).  A clean run logs no error;
+ * in particular not the one that says descriptors were left open. */
 static int sim_finish(struct simproc *p)
 {
     int rc;
@@ -129,6 +130,7 @@ static int sim_finish(struct simproc *p)
     kill(p->pid, SIGTERM);
     rc = test_wait(p->pid, 5000);
     p->pid = -1;
+    CHECK_EQ(test_count_lines(p->log, "dcusim error:"), 0);
     return rc;
 }
 
@@ -202,10 +204,13 @@ static void key_of(uint32_t n, uint8_t key[KEY_SIZE])
     key[15] ^= (uint8_t)n;
 }
 
+/* A blocking socket connected to 127.0.0.1:port within WAIT_MS, or -1. */
 static int tcp_connect(int port)
 {
     struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct pollfd pfd;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), flags, err = 0;
+    socklen_t len = sizeof err;
 
     if (fd < 0)
         return -1;
@@ -213,10 +218,19 @@ static int tcp_connect(int port)
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    flags = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
+        pfd.fd = fd;
+        pfd.events = POLLOUT;
+        pfd.revents = 0;
+        if (errno != EINPROGRESS || poll(&pfd, 1, WAIT_MS) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err) {
+            close(fd);
+            return -1;
+        }
     }
+    fcntl(fd, F_SETFL, flags);
     return fd;
 }
 
@@ -328,7 +342,7 @@ static void fepc_keep(struct fepc *c, const frame *f, frame_result r)
     }
 }
 
-/* Waits up to timeout_ms for readable data; 1 readable, 0 timed out. */
+/* Waits until deadline for readable data; 1 readable, 0 timed out. */
 static int wait_readable(int fd, int64_t deadline)
 {
     struct pollfd pfd;
@@ -592,6 +606,17 @@ static void test_sim_status_meters(void)
             CHECK_EQ(payload_check(CMD_METER_STATUS_RSP, c.plain, c.plain_len), FEP_OK);
             CHECK(fepc_ack(&c) == 0);
         }
+        CHECK(fepc_k(&c, 4, 0, 0) == 0);          /* record j: meter j % 130 */
+        if (fepc_recv_ok(&c)) {
+            check_header(&c, CMD_LP_RSP, 4, 0, 0);
+            check_records(&c, 1, 0, 77, 130);
+            CHECK(fepc_ack(&c) == 0);
+        }
+        if (fepc_recv_ok(&c)) {
+            check_header(&c, CMD_LP_RSP, 4, 1, 1);
+            check_records(&c, 1, 77, 19, 130);
+            CHECK(fepc_ack(&c) == 0);
+        }
         CHECK(fepc_send(&c, CMD_METER_CHANGE_REQ, 3, 0, NULL, 0) == 0);
         if (fepc_recv_ok(&c)) {
             check_header(&c, CMD_METER_CHANGE_RSP, 3, 0, 0);
@@ -607,11 +632,11 @@ static void test_sim_status_meters(void)
             CHECK_EQ(m.code, 1 + 118 % 3);
             CHECK(fepc_ack(&c) == 0);
         }
-        sim_settle(&p, "acks_received", 5);
+        sim_settle(&p, "acks_received", 7);
         fepc_close(&c);
     }
     CHECK_EQ(sim_finish(&p), 0);
-    CHECK_REPORT(&p, "acks_received", 5);
+    CHECK_REPORT(&p, "acks_received", 7);
 }
 
 static void test_sim_nack_crc_retransmits(void)
@@ -832,6 +857,133 @@ out:
     CHECK_REPORT(&p, "bad_frames", 2);
 }
 
+static void test_sim_same_key(void)
+{
+    static const char *const args[] = {
+        "--dcus", "2", "--key", SIM_KEY_HEX, "--same-key", "--records", "1",
+        NULL
+    };
+    struct simproc p;
+    struct fepc c;
+    uint8_t key[KEY_SIZE];
+    uint32_t n;
+
+    sim_prepare(&p, "sim-samekey");
+    if (sim_spawn(&p, args) != 0)
+        goto out;
+    /* One key, one IC sequence: DCU00002 goes on where DCU00001 stopped,
+     * and the FEP's ICs must rise across both DCUs too. */
+    test_unhex(SIM_KEY_HEX, key, KEY_SIZE);
+    for (n = 1; n <= 2; n++) {
+        if (fepc_connect(&c, p.port, n, 1) != 0)
+            break;
+        gcm_init(&c.gk, key);
+        c.ic = 10 * n;
+        CHECK(fepc_k(&c, 1, 0, 0) == 0);
+        expect_k(&c, n, 1, 0, 1, 0, 1, 1);
+        CHECK_EQ(c.rx_ic, n);
+        fepc_close(&c);
+    }
+    if (fepc_connect(&c, p.port, 1, 1) == 0) {
+        gcm_init(&c.gk, key);
+        c.ic = 15;                      /* below DCU00002's 21 */
+        CHECK(fepc_k(&c, 2, 0, 0) == 0);
+        if (fepc_recv_ok(&c)) {
+            CHECK_EQ(c.f.cmd, CMD_NACK);
+            CHECK_EQ(c.plain[0], FEP_ERR_REPLAY);
+        }
+        fepc_close(&c);
+    }
+out:
+    CHECK_EQ(sim_finish(&p), 0);
+    CHECK_REPORT(&p, "fep_ic_reused", 1);
+}
+
+static void test_sim_config_out(void)
+{
+    struct simproc p;
+    char path[300], text[1024], want[512];
+
+    sim_prepare(&p, "sim-config");
+    sim_path(&p, "dcus.conf", path, sizeof path);
+    {
+        const char *const args[] = {
+            "--dcus", "3", "--first", "41", "--key", SIM_KEY_HEX,
+            "--keyed", "1", "--config-out", path, "--duration", "0.2", NULL
+        };
+        if (sim_spawn(&p, args) == 0) {
+            CHECK_EQ(test_wait(p.pid, 5000), 0);    /* --duration ends it */
+            p.pid = -1;
+        }
+    }
+    CHECK(test_read_file(path, text, sizeof text) > 0);
+    snprintf(want, sizeof want,
+             "dcu DCU00041 %s key=000102030405060708090a0b0c0d0e26 poll=k\n"
+             "dcu DCU00042 %s key=- poll=k\n"
+             "dcu DCU00043 %s key=- poll=k\n", p.addr, p.addr, p.addr);
+    CHECK(strcmp(text, want) == 0);
+    CHECK(sim_report(&p, "sessions") >= 0);
+}
+
+static int listen_on(int port);
+
+static void test_sim_listen_in_use(void)
+{
+    struct simproc p;
+    int fd;
+
+    sim_prepare(&p, "sim-inuse");
+    fd = listen_on(p.port);
+    CHECK(fd >= 0);
+    {
+        const char *const args[] = { "--listen", p.addr, NULL };
+        if (sim_spawn_argv(&p, args, 0) == 0) {
+            CHECK_EQ(test_wait(p.pid, 5000), 3);
+            p.pid = -1;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Fault targets: DCU numbers, and a seeded percentage of sessions. */
+static void test_sim_fault_targets(void)
+{
+    static const char *const args[] = {
+        "--dcus", "3", "--records", "1", "--fault", "nack:9@2",
+        "--fault", "nack:8@50%", NULL
+    };
+    struct simproc p;
+    struct fepc c;
+    unsigned i, n, nacked = 0;
+
+    sim_prepare(&p, "sim-targets");
+    if (sim_spawn(&p, args) != 0)
+        goto out;
+    for (i = 0; i < 30; i++) {
+        n = 1 + i % 3;
+        if (fepc_connect(&c, p.port, n, 0) != 0)
+            break;
+        CHECK(fepc_k(&c, 1, 0, 0) == 0);
+        if (fepc_recv_ok(&c)) {
+            if (n == 2) {
+                CHECK_EQ(c.f.cmd, CMD_NACK);
+                CHECK_EQ(c.plain[0], 9);
+            } else if (c.f.cmd == CMD_NACK) {
+                CHECK_EQ(c.plain[0], 8);
+                nacked++;
+            } else {
+                CHECK_EQ(c.f.cmd, CMD_LP_RSP);
+            }
+        }
+        fepc_close(&c);
+    }
+    /* 20 sessions of DCU 1 and 3, each NACKed with probability 1/2. */
+    CHECK(nacked >= 3 && nacked <= 17);
+out:
+    CHECK_EQ(sim_finish(&p), 0);
+}
+
 /* ------------------------------------------------------------------------
  * Faults: each test starts dcusim with one --fault and proves its effect.
  * ---------------------------------------------------------------------- */
@@ -874,7 +1026,7 @@ static void test_sim_fault_dribble(void)
         }
         CHECK_EQ(got, 59);
         CHECK(now_ms() - t0 >= 58 * 10);
-        CHECK(reads > 20);              /* bytes came apart, not in one write */
+        CHECK(reads > 10);              /* bytes came apart, not in one write */
         memcpy(frame_rx_space(&c.rx, &room), buf, 59);
         frame_rx_commit(&c.rx, 59);
         CHECK_EQ(fepc_recv(&c, 10), FRAME_READY);
@@ -1257,12 +1409,14 @@ static void test_sim_push(void)
     if (lfd >= 0) {
         const char *const args[] = {
             "--push", p.addr, "--dcus", "3", "--records", "100",
-            "--push-concurrency", "1", "--timeout", "2",
+            "--push-concurrency", "1", "--push-rate", "10", "--timeout", "2",
             "--acked-csv", acked, NULL
         };
+        int64_t t0 = now_ms();
         if (sim_spawn_argv(&p, args, 0) == 0)
             for (i = 0; i < 3; i++)
                 seen |= 1u << push_serve(lfd, &records);
+        CHECK(now_ms() - t0 >= 200);    /* 3 sessions at 10 a second */
         close(lfd);
         /* Every push done: dcusim exits on its own. */
         CHECK_EQ(test_wait(p.pid, 5000), 0);
@@ -1366,6 +1520,10 @@ void test_sim_suite(void)
     test_run("sim_acked_csv", test_sim_acked_csv);
     test_run("sim_replayed_fep_ic", test_sim_replayed_fep_ic);
     test_run("sim_unknown_busy_security", test_sim_unknown_busy_security);
+    test_run("sim_same_key", test_sim_same_key);
+    test_run("sim_config_out", test_sim_config_out);
+    test_run("sim_listen_in_use", test_sim_listen_in_use);
+    test_run("sim_fault_targets", test_sim_fault_targets);
     test_run("sim_fault_dribble", test_sim_fault_dribble);
     test_run("sim_fault_slowloris", test_sim_fault_slowloris);
     test_run("sim_fault_garbage", test_sim_fault_garbage);

@@ -41,11 +41,18 @@ static const char meter_change_header[] =
  * Fixtures
  * ---------------------------------------------------------------------- */
 
+/* Faults for the calls from now on ("" for none); file writes are
+ * "fwrite", sys.c's name for sys_write_all. */
+static void fault(const char *spec)
+{
+    CHECK(sys_fault_set(spec) == 0);
+}
+
 static void begin(const char *tag)
 {
     CHECK(test_tmpdir(dir, sizeof dir, tag) == 0);
     ledger_start = sys_ledger_get();
-    sys_fault_set("");
+    fault("");
 }
 
 /* Removes dir and what the tests put in it (files and empty directories). */
@@ -56,7 +63,7 @@ static void end(void)
     struct dirent *e;
     char path[DIR_SIZE + 64];
 
-    sys_fault_set("");
+    fault("");
     CHECK_EQ(now.opened - ledger_start.opened, now.closed - ledger_start.closed);
     d = opendir(dir);
     if (d == NULL)
@@ -319,9 +326,11 @@ static void test_store_group_commit(void)
         CHECK_EQ(add_k(3, (uint16_t)i), 3);
     CHECK_EQ(store_add(&st_store, "DCU00001", CMD_DCU_STATUS_RSP, p,
                        sizeof p, 7, 0, 1767225700), 1);
-    sys_fault_set("write:3+:ENOSPC,fsync:3+:EIO");
+    fault("fwrite:3+:ENOSPC,fsync:3+:EIO");
     CHECK(store_commit(&st_store) == 0);
-    sys_fault_set("");
+    CHECK_EQ(add_k(1, 50), 1);              /* the faults are live */
+    CHECK(store_commit(&st_store) == -1);
+    fault("");
     store_close(&st_store);
     want_k(3, 0, 49);
     CHECK_FILE("lp.csv", want);
@@ -350,7 +359,7 @@ static void test_store_overflow(void)
 
 /* A pass that fails leaves each file at its committed content; the next
  * pass succeeds. */
-static void check_failed_pass(const char *fault, unsigned packets,
+static void check_failed_pass(const char *spec, unsigned packets,
                               int add_fails)
 {
     unsigned f, n = LP_RECORDS_MAX_PLAIN;
@@ -359,11 +368,11 @@ static void check_failed_pass(const char *fault, unsigned packets,
     CHECK(store_open_here(1) == 0);
     CHECK_EQ(add_k(2, 0), 2);
     CHECK(store_commit(&st_store) == 0);
-    sys_fault_set(fault);
+    fault(spec);
     for (f = 0; f < packets; f++)
         failed |= add_k(n, (uint16_t)(100 + f)) < 0;
     CHECK(store_commit(&st_store) == -1);
-    sys_fault_set("");
+    fault("");
     want_k(2, 0, 0);
     CHECK_FILE("lp.csv", want);
     CHECK_EQ(st_store.pass_failed, 0);
@@ -379,7 +388,7 @@ static void check_failed_pass(const char *fault, unsigned packets,
 static void test_store_enospc_commit(void)
 {
     begin("store-enospc");
-    check_failed_pass("write:1:ENOSPC", 1, 0);
+    check_failed_pass("fwrite:1:ENOSPC", 1, 0);
     end();
 }
 
@@ -388,10 +397,10 @@ static void test_store_short_write(void)
 {
     begin("store-short");
     CHECK(store_open_here(1) == 0);
-    sys_fault_set("write:1:SHORT");
+    fault("fwrite:1:SHORT");
     CHECK_EQ(add_k(5, 0), 5);
     CHECK(store_commit(&st_store) == 0);
-    sys_fault_set("");
+    fault("");
     store_close(&st_store);
     want_k(5, 0, 0);
     CHECK_FILE("lp.csv", want);
@@ -404,7 +413,7 @@ static void test_store_short_write(void)
 static void test_store_enospc_mid_pass(void)
 {
     begin("store-midpass");
-    check_failed_pass("write:2:ENOSPC", 40, 1);
+    check_failed_pass("fwrite:2:ENOSPC", 40, 1);
     end();
 }
 
@@ -412,7 +421,7 @@ static void test_store_enospc_mid_pass(void)
 static void test_store_enospc_after_flush(void)
 {
     begin("store-afterflush");
-    check_failed_pass("write:3:ENOSPC", 30, 0);
+    check_failed_pass("fwrite:3:ENOSPC", 30, 0);
     end();
 }
 
@@ -433,9 +442,9 @@ static void test_store_failure_spans_files(void)
     CHECK_EQ(add_k(1, 0), 1);
     CHECK_EQ(store_add(&st_store, "DCU00001", CMD_DCU_STATUS_RSP, p, sizeof p,
                        1, 0, 5), 1);
-    sys_fault_set("fsync:2:EIO");
+    fault("fsync:2:EIO");
     CHECK(store_commit(&st_store) == -1);
-    sys_fault_set("");
+    fault("");
     CHECK_FILE("lp.csv", lp_header);
     CHECK_FILE("dcu_status.csv", dcu_status_header);
     CHECK_EQ(add_k(1, 0), 1);
@@ -446,7 +455,22 @@ static void test_store_failure_spans_files(void)
     end();
 }
 
-/* lp.csv unlinked and replaced by a directory while open. */
+static int add_status(uint32_t uptime_s)
+{
+    uint8_t p[DCU_STATUS_SIZE];
+    dcu_status st;
+
+    memset(&st, 0, sizeof st);
+    st.uptime_s = uptime_s;
+    dcu_status_put(p, &st);
+    return store_add(&st_store, "DCU00003", CMD_DCU_STATUS_RSP, p, sizeof p,
+                     1, 0, 9);
+}
+
+/* lp.csv unlinked and replaced by a directory while open.  The pass that
+ * wrote to the old file fails as a whole; after that, a K packet is refused
+ * alone (nothing of it was written) and S packets of the same pass are
+ * stored. */
 static void test_store_replaced_by_dir(void)
 {
     begin("store-replaced");
@@ -456,15 +480,22 @@ static void test_store_replaced_by_dir(void)
     CHECK(unlink(path_of("lp.csv")) == 0);
     CHECK(mkdir(path_of("lp.csv"), 0755) == 0);
     CHECK_EQ(add_k(1, 1), 1);               /* the old descriptor takes it */
+    CHECK_EQ(add_status(1), 1);
     CHECK(store_commit(&st_store) == -1);   /* but the path does not name it */
+    CHECK_EQ(add_status(2), 1);
     CHECK(add_k(1, 2) == -1);               /* a directory cannot be opened */
-    CHECK(store_commit(&st_store) == -1);
+    CHECK_EQ(st_store.pass_failed, 0);
+    CHECK_EQ(add_status(3), 1);
+    CHECK(store_commit(&st_store) == 0);
     CHECK(rmdir(path_of("lp.csv")) == 0);
     CHECK_EQ(add_k(1, 3), 1);
     CHECK(store_commit(&st_store) == 0);
     store_close(&st_store);
     want_k(1, 3, 3);
     CHECK_FILE("lp.csv", want);
+    snprintf(want, sizeof want, "%sDCU00003,0,2,0,0,0,9\nDCU00003,0,3,0,0,0,9\n",
+             dcu_status_header);
+    CHECK_FILE("dcu_status.csv", want);
     end();
 }
 
@@ -514,12 +545,13 @@ static void test_store_reopen_retry(void)
 {
     begin("store-retry");
     CHECK(store_open_here(1) == 0);
-    sys_fault_set("open:1+:EMFILE");
+    fault("open:1+:EMFILE");
     store_reopen(&st_store);
     CHECK(st_store.out[STORE_LP].fd == -1);
     CHECK(add_k(1, 0) == -1);
-    CHECK(store_commit(&st_store) == -1);
-    sys_fault_set("");
+    CHECK_EQ(st_store.pass_failed, 0);
+    CHECK(store_commit(&st_store) == 0);    /* nothing in it */
+    fault("");
     CHECK_EQ(add_k(1, 1), 1);
     CHECK(store_commit(&st_store) == 0);
     store_close(&st_store);
@@ -563,11 +595,11 @@ static void test_store_open_errors(void)
     begin("store-openerr");
     CHECK(store_open_here(1) == 0);         /* creates the four files */
     store_close(&st_store);
-    sys_fault_set("open:2:EMFILE");
+    fault("open:2:EMFILE");
     CHECK(store_open(&st_store, dir, 1, err, sizeof err) == -1);
     CHECK(strstr(err, "/dcu_status.csv: ") != NULL);
     CHECK(st_store.out[STORE_LP].fd == -1);
-    sys_fault_set("");
+    fault("");
     CHECK(test_write_file(path_of("file"), "") == 0);
     CHECK(store_open(&st_store, path_of("file"), 1, err, sizeof err) == -1);
     CHECK(strstr(err, "/file") != NULL);
@@ -585,11 +617,13 @@ static void test_store_empty_pass(void)
 
     begin("store-empty");
     CHECK(store_open_here(1) == 0);
-    sys_fault_set("write:1+:ENOSPC,fsync:1+:EIO,open:1+:EMFILE");
+    fault("fwrite:1+:ENOSPC,fsync:1+:EIO,open:1+:EMFILE");
     CHECK(store_commit(&st_store) == 0);
     CHECK_EQ(store_add(&st_store, "DCU00001", CMD_LP_RSP, p, 1, 1, 0, 1), 0);
     CHECK(store_commit(&st_store) == 0);
-    sys_fault_set("");
+    CHECK_EQ(add_k(1, 0), 1);               /* the faults are live */
+    CHECK(store_commit(&st_store) == -1);
+    fault("");
     store_close(&st_store);
     CHECK_FILE("lp.csv", lp_header);
     end();
@@ -614,10 +648,13 @@ static void test_store_sync_none(void)
 {
     begin("store-nosync");
     CHECK(store_open_here(0) == 0);
-    sys_fault_set("fsync:1+:EIO");
+    fault("fsync:1+:EIO");
     CHECK_EQ(add_k(1, 0), 1);
     CHECK(store_commit(&st_store) == 0);
-    sys_fault_set("");
+    st_store.sync_packet = 1;               /* the fault is live */
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == -1);
+    fault("");
     store_close(&st_store);
     want_k(1, 0, 0);
     CHECK_FILE("lp.csv", want);
@@ -668,7 +705,8 @@ static void cfg_make(unsigned n, const unsigned *key_of)
     memset(state_dcus, 0, sizeof state_dcus);
     snprintf(state_cfg.state_dir, sizeof state_cfg.state_dir, "%s/state", dir);
     for (i = 0; i < n; i++) {
-        snprintf(state_dcus[i].id, sizeof state_dcus[i].id, "DCU%05u", i + 1);
+        strcpy(state_dcus[i].id, "DCU00001");
+        state_dcus[i].id[7] = (char)('1' + i);
         frame_id_set(state_dcus[i].sid, state_dcus[i].id);
         state_dcus[i].has_key = key_of[i] != 0;
         for (j = 0; j < KEY_SIZE; j++)
@@ -774,9 +812,9 @@ static void test_state_block_boundary(void)
     CHECK(ok);
     snprintf(line, sizeof line, "tx %s 0000065537\n", kcv_example);
     CHECK(strstr(state_text(), line) != NULL);
-    sys_fault_set("rename:1:EIO");
+    fault("rename:1:EIO");
     CHECK_EQ(state_take_ic(&st_state, 0), 0);
-    sys_fault_set("");
+    fault("");
     CHECK(strstr(state_text(), line) != NULL);
     CHECK_EQ(st_state.keys[0].tx_ic_reserved, 65537);
     CHECK_EQ(state_take_ic(&st_state, 0), 65537);
@@ -933,7 +971,7 @@ static void test_state_save_failure(void)
 {
     static const unsigned keys[] = { 1, 0 };
     static const char *const faults[] = {
-        "rename:1:EIO", "fsync:1:EIO", "write:1:ENOSPC", "open:1:EMFILE"
+        "rename:1:EIO", "fsync:1:EIO", "fwrite:1:ENOSPC", "open:1:EMFILE"
     };
     char before[4096];
     size_t i;
@@ -945,9 +983,9 @@ static void test_state_save_failure(void)
     for (i = 0; i < sizeof faults / sizeof faults[0]; i++) {
         st_state.dcus[1].sessions_ok = 10 + i;
         st_state.dirty = 1;
-        sys_fault_set(faults[i]);
+        fault(faults[i]);
         CHECK(state_save(&st_state, &state_cfg) == -1);
-        sys_fault_set("");
+        fault("");
         CHECK_EQ(st_state.dirty, 1);
         CHECK_STR_EQ(state_text(), before);
     }
@@ -965,11 +1003,11 @@ static void test_state_open_save_failure(void)
 
     begin("state-openfail");
     cfg_make(1, keys);
-    sys_fault_set("rename:1:EIO");
+    fault("rename:1:EIO");
     CHECK(state_open(&st_state, &state_cfg, err, sizeof err) == -1);
     CHECK(strstr(err, "/state/fepd.state: save (rename): ") != NULL);
     CHECK(st_state.dcus == NULL);
-    sys_fault_set("");
+    fault("");
     state_end();
 }
 
