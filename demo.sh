@@ -38,12 +38,13 @@ FAULT_SILENT=55                 # connects but never answers: timeout
 FAULT_GARBAGE=120               # 100 noise bytes before its first frame
 
 PIDS=""                         # started and not yet reaped
+STARTED=no                      # $DIR is ours and holds logs
 T0=$(date +%s)
 
 say() { printf '%s\n' "$*"; }
 fail() {
     printf 'demo: FAILED: %s\n' "$*" >&2
-    printf 'demo: logs are in %s/\n' "$DIR" >&2
+    [ "$STARTED" = yes ] && printf 'demo: logs are in %s/\n' "$DIR" >&2
     exit 1
 }
 # A tenth of a second where sleep takes fractions (GNU, BSD, busybox).
@@ -117,6 +118,7 @@ wait_line() {
     fail "$FEPD and $SIM are not built: run 'make demo' from the top directory"
 rm -rf "$DIR" || fail "cannot remove the old $DIR/"
 mkdir -p "$DIR" || fail "cannot create $DIR/"
+STARTED=yes
 
 # Ports: three consecutive ones from a base derived from our pid, tried by
 # the programs themselves (dcusim and fepd exit 3 when they cannot listen),
@@ -135,7 +137,10 @@ while :; do
     "$SIM" --listen "127.0.0.1:$P_PUSH" --dcus "$PUSH_DCUS" \
         --first "$PUSH_FIRST" --key "$KEY" --keyed 50 \
         --config-out "$DIR/push-dcus.conf" --duration 0.01 -q \
-        >/dev/null 2>"$DIR/probe.log" || continue
+        >/dev/null 2>"$DIR/probe.log"
+    RC=$?
+    [ "$RC" = 3 ] && continue
+    [ "$RC" = 0 ] || fail "dcusim failed (exit $RC): see $DIR/probe.log"
 
     "$SIM" --listen "127.0.0.1:$P_POLL" --dcus "$POLL_DCUS" --key "$KEY" \
         --keyed 50 --meters "$METERS" --records "$RECORDS" --timeout 5 \
@@ -385,5 +390,5 @@ say ""
 
 [ "$MEM_START" = "$MEM_END" ] || fail "static memory changed: $MEM_START -> $MEM_END"
 [ "$MISSING" = 0 ] || fail "$MISSING acknowledged readings are not in lp.csv"
-say "demo: ok in $((T1 - T0)) s; fepd, dcusim and dcusim stopped and reaped."
+say "demo: ok in $((T1 - T0)) s; fepd and both dcusims were stopped and reaped."
 exit 0

@@ -498,13 +498,8 @@ static void commit_pass(fepd *d, int64_t now)
         storing = 0;
         for (i = 0; i < d->n_slots; i++)
             storing += d->slots[i].state == SLOT_STORING;
-        if (storing == 0) {
-            /* A pass whose every packet was refused must end too: until
-             * store_commit resets it, store_add refuses everything. */
-            if (d->store.pass_failed)
-                store_commit(&d->store);
+        if (storing == 0)
             return;
-        }
         ok = store_commit(&d->store) == 0;
         for (i = 0; i < d->n_slots; i++) {
             session *s = &d->slots[i];
@@ -798,8 +793,16 @@ static int start(fepd *d)
     char err[512];
     unsigned i;
 
-    /* finish() closes them whatever step failed: 0 would be stdin. */
+    /* finish() closes the listeners and the store whatever step failed,
+     * and a descriptor left at 0 would be stdin: the listeners are marked
+     * closed, and store_open, which marks its files closed before anything
+     * in it can fail, comes first. */
     d->listen_fd = d->metrics_fd = -1;
+    if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
+                   sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 3;
+    }
     d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
     d->slots = calloc(d->n_slots, sizeof *d->slots);
     if (!d->slots) {
@@ -809,11 +812,6 @@ static int start(fepd *d)
     for (i = 0; i < d->n_slots; i++)
         d->slots[i].fd = -1;
     if (state_open(&d->state, &d->cfg, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "%s", err);
-        return 3;
-    }
-    if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
-                   sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
     }

@@ -536,7 +536,10 @@ int store_open(store *s, const char *data_dir, int sync_packet, char *err,
                size_t errlen);
 /* Formats the rows of one checked packet (plaintext payload of K, S, M or N)
  * into the pass buffers.  Returns the number of rows, or -1 when the store
- * cannot take them (the caller answers NACK STORE). */
+ * cannot take them (the caller answers NACK STORE).  A packet whose file
+ * cannot be opened is refused on its own; a failed write fails the whole
+ * pass, and happens only when the pass already holds rows, so a commit of
+ * the pass always follows and clears the failure. */
 int store_add(store *s, const char *dcu_id, uint8_t cmd, const uint8_t *payload,
               size_t len, uint16_t qsn, uint16_t fsn, int64_t received_at);
 /* Writes every pending row (one write per file) and, with sync packet, one

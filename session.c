@@ -86,11 +86,14 @@ static void wait_frame(const fepd *d, session *s)
 
 void sess_end(fepd *d, session *s, fep_err why)
 {
-    (void)d;
     if (s->result == FEP_OK)
         s->result = why;
     s->state = SLOT_DRAINING;
     s->wait = WAIT_NONE;
+    /* Its exchanges are over: while the last bytes drain and the slot
+     * lingers, the DCU may already open its next session (not BUSY). */
+    if (s->dcu >= 0 && d->state.dcus[s->dcu].session == (int)(s - d->slots))
+        d->state.dcus[s->dcu].session = -1;
 }
 
 /* NACK with code, echoing the QSN and FSN of the frame it answers. */

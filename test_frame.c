@@ -1540,6 +1540,101 @@ static void test_fuzz(void)
                 fz.bad_crc, fz.bad_len, fz.opened);
 }
 
+/* ------------------------------------------------------------------------
+ * docs/PROTOCOL.md: the worked examples as users read them must be the
+ * bytes of PROTOCOL.md section 6 and must decode (run from the repo root)
+ * ---------------------------------------------------------------------- */
+
+#define DOCS_PROTOCOL "docs/PROTOCOL.md"
+
+/*
+ * The bytes of the first fenced block after the heading line (a line
+ * starting with '#') that contains title; returns how many, 0 when there is
+ * no such heading or block.
+ */
+static size_t docs_example(const char *text, const char *title, uint8_t *out,
+                           size_t cap)
+{
+    static char hex[4096];
+    const char *h, *body, *end;
+
+    for (h = strstr(text, title); h; h = strstr(h + 1, title)) {
+        const char *line = h;
+
+        while (line > text && line[-1] != '\n')
+            line--;
+        if (line[0] == '#')
+            break;
+    }
+    if (!h || !(body = strstr(h, "\n```")) || !(body = strchr(body + 1, '\n')))
+        return 0;
+    body++;
+    end = strstr(body, "```");
+    if (!end || (size_t)(end - body) >= sizeof hex)
+        return 0;
+    memcpy(hex, body, (size_t)(end - body));
+    hex[end - body] = '\0';
+    return test_unhex(hex, out, cap);
+}
+
+static void test_docs_examples(void)
+{
+    static char text[256 * 1024];
+    uint8_t buf[FRAME_SIZE_MAX], ref[FRAME_SIZE_MAX], plain[FRAME_DATA_MAX];
+    size_t n, consumed, skipped, plain_len = 0;
+    uint32_t ic = 0, from = 1, to = 1;
+    lp_record r;
+    frame f;
+
+    CHECK(test_read_file(DOCS_PROTOCOL, text, sizeof text) > 0);
+
+    n = docs_example(text, "Worked example (plaintext)", buf, sizeof buf);
+    CHECK_EQ(n, 40);
+    CHECK_EQ(test_unhex(example_plain_hex, ref, sizeof ref), n);
+    CHECK_MEM(buf, ref, n);
+    CHECK_EQ(frame_scan(buf, n, &f, &consumed, &skipped), FRAME_READY);
+    CHECK_EQ(consumed, 40);
+    CHECK_EQ(skipped, 0);
+    CHECK_EQ(f.ctl, CTL_LAST);
+    CHECK_EQ(f.cmd, CMD_LP_REQ);
+    CHECK_MEM(f.sid, "FEP00001", FRAME_ID_SIZE);
+    CHECK_MEM(f.did, "DCU00001", FRAME_ID_SIZE);
+    CHECK_EQ(f.qsn, 7);
+    CHECK_EQ(f.msn, 0);
+    CHECK_EQ(f.fsn, 0);
+    CHECK_EQ(f.len, 10);
+    CHECK_EQ(f.data_len, LP_REQ_SIZE);
+    CHECK_EQ(payload_check(f.cmd, f.data, f.data_len), FEP_OK);
+    lp_req_get(f.data, &from, &to);
+    CHECK_EQ(from, 0);
+    CHECK_EQ(to, 0);
+
+    n = docs_example(text, "Worked example (protected)", buf, sizeof buf);
+    CHECK_EQ(n, 75);
+    CHECK_EQ(test_unhex(example_sec_hex, ref, sizeof ref), n);
+    CHECK_MEM(buf, ref, n);
+    CHECK_EQ(frame_scan(buf, n, &f, &consumed, &skipped), FRAME_READY);
+    CHECK_EQ(consumed, 75);
+    CHECK_EQ(f.ctl, CTL_DIR_DCU | CTL_SEC | CTL_LAST);
+    CHECK_EQ(f.cmd, CMD_LP_RSP);
+    CHECK_MEM(f.sid, "DCU00001", FRAME_ID_SIZE);
+    CHECK_MEM(f.did, "FEP00001", FRAME_ID_SIZE);
+    CHECK_EQ(f.qsn, 7);
+    CHECK_EQ(f.fsn, 0);
+    CHECK_EQ(f.len, 45);
+    CHECK_EQ(frame_open(&f, key_example(), plain, &plain_len, &ic), FEP_OK);
+    CHECK_EQ(plain_len, 27);
+    CHECK_EQ(ic, 1);
+    CHECK_EQ(payload_check(f.cmd, plain, plain_len), FEP_OK);
+    CHECK_EQ(plain[0], 1);
+    lp_record_get(plain, 0, &r);
+    CHECK_MEM(r.meter_id, "MTR000000001", METER_ID_SIZE);
+    CHECK_EQ(r.ts, 1767225600);
+    CHECK_EQ(r.import_wh, 123456);
+    CHECK_EQ(r.export_wh, 789);
+    CHECK_EQ(r.status, 0);
+}
+
 void test_frame_suite(void)
 {
     test_run("frame_example_plain_encode", test_example_plain_encode);
@@ -1565,4 +1660,5 @@ void test_frame_suite(void)
     test_run("frame_names", test_names);
     test_run("frame_rx_buffer", test_rx_buffer);
     test_run("frame_fuzz", test_fuzz);
+    test_run("frame_docs_examples", test_docs_examples);
 }
