@@ -33,7 +33,7 @@ PROGRAMS = fepd fepd_t dcusim fep_test fep_bench
 SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                  -fno-sanitize-recover=all
 
-.PHONY: all test sanitize valgrind bench demo fuzz-long clean FORCE
+.PHONY: all test sanitize valgrind bench demo soak fuzz-long clean FORCE
 
 all: $(PROGRAMS)
 
@@ -75,6 +75,10 @@ valgrind: fepd_t dcusim fep_test
 demo: fepd dcusim
 	sh ./demo.sh
 
+# 100,000 sessions with faults; fepd's RSS and descriptors must not move.
+soak: fepd dcusim
+	sh ./soak.sh
+
 bench: fep_bench fepd dcusim
 	./fep_bench
 
@@ -90,8 +94,8 @@ clean:
 # libFuzzer targets (fuzz.c): clang with -fsanitize=fuzzer.  `make fuzz`
 # runs each for FUZZ_SECONDS on fuzz/corpus/NAME (the checked-in seeds),
 # keeping what it finds in fuzz/run/NAME and crashes as fuzz/run/NAME-crash-*.
-FUZZ_CC = clang
-FUZZ_SECONDS = 60
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
 FUZZ_MAX_LEN = 8192
 FUZZ_FLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -g -O1 \
              -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \

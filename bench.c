@@ -688,7 +688,7 @@ typedef struct e2e_result {
     double wall_s;                      /* fepd --once, or the pushing dcusim */
     double fepd_cpu_s, sim_cpu_s;
     double fepd_user_s, fepd_sys_s;
-    unsigned long long listen_overflows; /* TcpExt ListenOverflows, all sockets */
+    unsigned long long listen_overflows; /* TcpExt ListenOverflows, machine */
     unsigned long long fepd_rss;        /* peak RSS, bytes (rusage) */
     unsigned long long fepd_hwm;        /* VmHWM from /proc, bytes; 0 absent */
     unsigned long long sessions, packets, records, expected;
@@ -999,7 +999,7 @@ FEP_STATIC_ASSERT(FLOOR_CONNS < FD_SETSIZE - FD_RESERVED, floor_fits_select);
 typedef struct floor_conn {
     int fd;                             /* -1: free */
     int connecting;                     /* connect under way, request unsent */
-    int closing;                        /* last ACK sent, FIN sent: awaiting EOF */
+    int closing;                        /* last ACK and FIN sent: await EOF */
     unsigned dcu;
     unsigned frames;                    /* frames received */
     size_t have;
@@ -1244,7 +1244,8 @@ static void e2e_header(void)
 static void e2e_print(const char *name, const e2e_result *r)
 {
     printf("%-50s %7.2f %7.2f %7.2f %9.0f %9.0f %10.0f %7.2f%s%s\n", name,
-           r->wall_s, r->fepd_cpu_s, r->sim_cpu_s, per_s(r->sessions, r->wall_s),
+           r->wall_s, r->fepd_cpu_s, r->sim_cpu_s,
+           per_s(r->sessions, r->wall_s),
            per_s(r->packets, r->wall_s), per_s(r->records, r->wall_s),
            r->records ? r->fepd_cpu_s * 1e6 / (double)r->records : 0.0,
            r->failed ? "  FAILED: " : "", r->failed ? r->why : "");
@@ -1352,7 +1353,10 @@ static int section_core(void)
 
 static int section_throughput(unsigned dcus)
 {
-    static const struct { int keyed, sync_packet; unsigned sessions; } polls[] = {
+    static const struct {
+        int keyed, sync_packet;
+        unsigned sessions;
+    } polls[] = {
         { 1, 0, 64 }, { 1, 0, 256 }, { 1, 1, 64 }, { 1, 1, 256 },
     };
     e2e_spec e;
@@ -1513,7 +1517,8 @@ static int section_memory(unsigned dcus_small, unsigned dcus_large)
                    "slots (%u DCUs); static by %.0f\n",
                    (double)(rss[i][1] - rss[i][0]) / (SESSIONS_MAX - 256), 256,
                    SESSIONS_MAX, dcus[i],
-                   (double)(stat_b[i][1] - stat_b[i][0]) / (SESSIONS_MAX - 256));
+                   (double)(stat_b[i][1] - stat_b[i][0]) /
+                       (SESSIONS_MAX - 256));
     printf("max_sessions %d = FD_SETSIZE (%d) - %d reserved descriptors: the "
            "ceiling of one select() process.\n", SESSIONS_MAX, FD_SETSIZE,
            FD_RESERVED);

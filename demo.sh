@@ -264,8 +264,14 @@ kv() {
 stat() { kv "$LOG" "stats:" "$1"; }
 # rows FILE: data rows of a CSV file (the header line not counted).
 rows() { awk 'END { print (NR > 0 ? NR - 1 : 0) }' "$1" 2>/dev/null; }
-# simkey LOG KEY: from a dcusim report.
+# simkey LOG KEY: from a dcusim report; simsum KEY: both reports added.
 simkey() { kv "$1" "^dcusim: sessions=" "$2"; }
+simsum() {
+    echo $(( $(simkey "$DIR/dcusim-poll.log" "$1") +
+             $(simkey "$DIR/dcusim-push.log" "$1") ))
+}
+# dcu N: the id of DCU number N.
+dcu() { printf 'DCU%05d' "$1"; }
 
 MEM_START=$(sed -n 's/.*static memory \([0-9]*\) bytes.*/\1/p' "$LOG" | sed -n 1p)
 MEM_END=$(stat static_memory_bytes)
@@ -302,44 +308,59 @@ awk '$4 == "session" && ($5 == "poll" || $5 == "push") {
         for (k in e)
             printf "3    failed, %s:%s\n", k, e[k]
         for (k in anon)
-            printf "4    failed, %s: %d sessions with DCUs not in the config\n", k, anon[k]
+            printf "4    failed, %s: %d sessions with DCUs not in the config\n",
+                   k, anon[k]
      }' "$LOG" | sort | sed 's/^[0-9]//'
 M_POLL_OK=$(metric 'fep_sessions_total{kind="poll",result="ok"}')
 M_PUSH_OK=$(metric 'fep_sessions_total{kind="push",result="ok"}')
 [ -n "$M_POLL_OK" ] &&
-    say "  (/metrics agrees: fep_sessions_total ok: poll $M_POLL_OK, push $M_PUSH_OK)"
+    say "  (/metrics agrees: fep_sessions_total ok:" \
+        "poll $M_POLL_OK, push $M_PUSH_OK)"
 say ""
 
 say "--- NACKs fepd sent (a NACK is the answer to a frame it refused) ---"
 # How many: /metrics when scraped, else what the simulators report having
 # received.  To whom: fepd's log lines (a NACK CRC that the DCU answers
 # with a good copy is not logged, so that one stays unnamed).
-for CODE in crc header length security replay unknown command sequence store busy; do
+for CODE in crc header length security replay unknown command sequence \
+    store busy; do
     C=$(metric "fep_nacks_sent_total{code=\"$CODE\"}")
-    IDS=$(awk -v c="$CODE" '$6 == "NACK" && $7 == c && ($4 == "poll" || $4 == "push") {
+    IDS=$(awk -v c="$CODE" '$6 == "NACK" && $7 == c &&
+                            ($4 == "poll" || $4 == "push") {
               id = $5; sub(/:$/, "", id); n[id]++ }
               END { for (id in n) print id, n[id] }' "$LOG" | sort |
           awk '$1 == "?" { anon = $2; next }
                { printf " %s%s", $1, ($2 > 1 ? "(x" $2 ")" : "") }
-               END { if (anon) printf " %d unidentified peer%s", anon, (anon > 1 ? "s" : "") }')
-    [ -n "$C" ] || C=$(( $(simkey "$DIR/dcusim-poll.log" "nack_$CODE") +
-                        $(simkey "$DIR/dcusim-push.log" "nack_$CODE") ))
+               END { if (anon) printf " %d unidentified peer%s", anon,
+                                      (anon > 1 ? "s" : "") }')
+    [ -n "$C" ] || C=$(simsum "nack_$CODE")
     [ "$C" = 0 ] && continue
     case $CODE in
-    crc) WHY="a frame arrived damaged; the DCU sends it again (set up: DCU$(printf %05d $FAULT_CRC))" ;;
-    security) WHY="the frame's authentication tag did not verify (set up: DCU$(printf %05d $FAULT_BADTAG))" ;;
-    replay) WHY="an old invocation counter, i.e. a replayed frame (set up: DCU$(printf %05d $FAULT_REPLAY))" ;;
-    unknown) WHY="a DCU that is not in fepd's config (set up: DCU00271..DCU00280)" ;;
-    busy) WHY="fepd was at max_sessions" ;;
+    crc)
+        WHY="a frame arrived damaged; the DCU sends it again"
+        WHY="$WHY (set up: $(dcu $FAULT_CRC))" ;;
+    security)
+        WHY="the frame's authentication tag did not verify"
+        WHY="$WHY (set up: $(dcu $FAULT_BADTAG))" ;;
+    replay)
+        WHY="an old invocation counter, i.e. a replayed frame"
+        WHY="$WHY (set up: $(dcu $FAULT_REPLAY))" ;;
+    unknown)
+        WHY="a DCU that is not in fepd's config (set up:"
+        WHY="$WHY $(dcu $((PUSH_FIRST + PUSH_KNOWN)))"
+        WHY="$WHY..$(dcu $((PUSH_FIRST + PUSH_DCUS - 1))))" ;;
+    busy)
+        WHY="fepd was at max_sessions, or already talking to that DCU" ;;
     *) WHY="" ;;
     esac
     [ -n "$IDS" ] || IDS=" (not named in fepd's log)"
     printf '  %-9s %4s  to:%s\n' "$CODE" "$C" "$IDS"
     [ -n "$WHY" ] && printf '  %-9s        %s\n' "" "$WHY"
 done
-say "  Not NACKs: DCU$(printf %05d $FAULT_SILENT) never answered and was timed out after timeout_frame;"
 GARB=$(stat garbage_bytes)
-say "  DCU$(printf %05d $FAULT_GARBAGE) sent ${GARB:-?} bytes of noise first, which fepd skipped."
+say "  Not NACKs: $(dcu $FAULT_SILENT) never answered and was timed out after"
+say "  timeout_frame; $(dcu $FAULT_GARBAGE) sent ${GARB:-?} bytes of noise first," \
+    "which fepd skipped."
 say ""
 
 say "--- records stored ---"
@@ -349,22 +370,27 @@ say "  load-profile readings (lp.csv):       $LP"
 say "  DCU status rows (dcu_status.csv):     $(rows "$DATA/dcu_status.csv")"
 say "  meter status rows (meter_status.csv): $(rows "$DATA/meter_status.csv")"
 say "  meter changes (meter_change.csv):     $(rows "$DATA/meter_change.csv")"
-say "  rows in all files: $(stat records_stored)${M_REC:+ (fep_records_stored_total $M_REC)}"
-GEN=$(( $(simkey "$DIR/dcusim-poll.log" records_generated) + $(simkey "$DIR/dcusim-push.log" records_generated) ))
-ACK=$(( $(simkey "$DIR/dcusim-poll.log" records_acked) + $(simkey "$DIR/dcusim-push.log" records_acked) ))
+M_REC=${M_REC:+ (fep_records_stored_total $M_REC)}
+say "  rows in all files: $(stat records_stored)$M_REC"
+GEN=$(simsum records_generated)
+ACK=$(simsum records_acked)
 # Every reading a DCU saw acknowledged must be in lp.csv.
 MISSING=$(awk -F, 'FNR == 1 { next }
-                   FILENAME == lp { have[$1 "," $2 "," $3 "," $4 "," $5 "," $6] = 1; next }
-                   !(($1 "," $2 "," $3 "," $4 "," $5 "," $6) in have) { m++ }
+                   { k = $1 "," $2 "," $3 "," $4 "," $5 "," $6 }
+                   FILENAME == lp { have[k] = 1; next }
+                   !(k in have) { m++ }
                    END { print m + 0 }' lp="$DATA/lp.csv" \
               "$DATA/lp.csv" "$DIR/poll-acked.csv" "$DIR/push-acked.csv")
-say "  The DCUs had $GEN readings ready; fepd acknowledged $ACK of them, and all"
-say "  $((ACK - MISSING)) of those are in lp.csv (missing: $MISSING).  The other $((GEN - ACK)) stay at"
-say "  their DCUs, which send them again at the next poll or push."
+say "  The DCUs had $GEN readings ready; fepd acknowledged $ACK of them, and"
+say "  $((ACK - MISSING)) of those are in lp.csv (missing: $MISSING).  The other" \
+    "$((GEN - ACK)) stay"
+say "  at their DCUs, which send them again at the next poll or push."
 say ""
 
 say "--- fepd's memory ---"
-say "  static memory: $MEM_START bytes at start-up, ${MEM_END:-?} after the run${MEM_METRIC:+ (/metrics: $MEM_METRIC)}."
+MEM_METRIC=${MEM_METRIC:+ (/metrics: $MEM_METRIC)}
+say "  static memory: $MEM_START bytes at start-up, ${MEM_END:-?} after the" \
+    "run$MEM_METRIC"
 say "  fepd allocates everything at start-up and nothing afterwards."
 say ""
 
@@ -374,13 +400,19 @@ for F in lp dcu_status meter_status meter_change; do
 done
 say "  $DIR/state/fepd.state   invocation counters and per-DCU statistics"
 say "  $DIR/fep.conf           fepd's config;  $DIR/fepd.log  its log"
-[ "$SCRAPED" != no ] && say "  $DIR/metrics.txt        the /metrics scrape (by $SCRAPED)"
-[ "$SCRAPED" = no ] && say "  (no curl or wget here: /metrics was not scraped; figures are from the log)"
-say "  $DIR/dcusim-poll.log, $DIR/dcusim-push.log: the simulators' logs and reports"
+if [ "$SCRAPED" != no ]; then
+    say "  $DIR/metrics.txt        the /metrics scrape (by $SCRAPED)"
+else
+    say "  (no curl or wget here: /metrics was not scraped;" \
+        "the figures are from the logs)"
+fi
+say "  $DIR/dcusim-poll.log, $DIR/dcusim-push.log:" \
+    "the simulators' logs and reports"
 say ""
 
 say "--- sample rows ---"
-say "  $DATA/lp.csv (meter, interval end in Unix seconds, Wh imported/exported):"
+say "  $DATA/lp.csv (meter, end of the interval in Unix seconds," \
+    "Wh imported and exported):"
 sed -n '1,4p' "$DATA/lp.csv" | sed 's/^/    /'
 say "  $DATA/dcu_status.csv:"
 sed -n '1,2p' "$DATA/dcu_status.csv" | sed 's/^/    /'
@@ -388,7 +420,8 @@ say "  $DATA/meter_change.csv:"
 sed -n '1,2p' "$DATA/meter_change.csv" | sed 's/^/    /'
 say ""
 
-[ "$MEM_START" = "$MEM_END" ] || fail "static memory changed: $MEM_START -> $MEM_END"
+[ "$MEM_START" = "$MEM_END" ] ||
+    fail "static memory changed: $MEM_START -> $MEM_END"
 [ "$MISSING" = 0 ] || fail "$MISSING acknowledged readings are not in lp.csv"
 say "demo: ok in $((T1 - T0)) s; fepd and both dcusims were stopped and reaped."
 exit 0

@@ -352,7 +352,24 @@ static void start_poll(fepd *d, int i, int64_t now)
     }
 }
 
-/* Starts the polls that are due, round-robin, while sessions are free. */
+/*
+ * Polls may take every session but a quarter when push sessions are served:
+ * a poll cycle that ends frees its slot at once for the next poll, so
+ * without a share of their own, pushes would only ever meet NACK BUSY.
+ */
+static unsigned poll_limit(const fepd *d)
+{
+    unsigned reserve = d->cfg.has_listen ? d->cfg.max_sessions / 4 : 0;
+
+    return d->cfg.max_sessions - reserve;
+}
+
+/*
+ * Starts the polls that are due, round-robin, while sessions are free.  A
+ * due poll that cannot start (the limit is reached, or its DCU is in a push
+ * session) sets poll_waiting, and the next session to close makes the
+ * scheduler look again; otherwise it sleeps until the earliest due time.
+ */
 static void schedule_polls(fepd *d, int64_t now)
 {
     int64_t next_due = POLL_NEVER;
@@ -360,29 +377,33 @@ static void schedule_polls(fepd *d, int64_t now)
 
     if (now < d->next_due_ms || d->cfg.n_dcus == 0)
         return;
+    d->poll_waiting = 0;
     for (step = 0; step < d->cfg.n_dcus; step++) {
         unsigned i = d->poll_cursor;
         dcu_state *ds = &d->state.dcus[i];
 
-        if (d->sessions_active >= d->cfg.max_sessions) {
-            /* Scanned again when a session ends (run resets next_due_ms);
-             * `now` here would make select() spin until then. */
-            d->next_due_ms = POLL_NEVER;
-            return;
-        }
-        d->poll_cursor = (i + 1) % d->cfg.n_dcus;
-        if (!d->cfg.dcus[i].has_addr || ds->session >= 0)
+        if (!d->cfg.dcus[i].has_addr) {
+            d->poll_cursor = (i + 1) % d->cfg.n_dcus;
             continue;
+        }
         if (ds->next_poll_ms > now) {
             if (ds->next_poll_ms < next_due)
                 next_due = ds->next_poll_ms;
-            continue;
+        } else if (ds->session >= 0) {
+            d->poll_waiting = 1;
+        } else if (d->sessions_active >= poll_limit(d)) {
+            d->poll_waiting = 1;
+            break;                      /* resume here when a session ends */
+        } else {
+            ds->next_poll_ms = d->once ? POLL_NEVER : now + d->cfg.poll_every_ms;
+            if (ds->next_poll_ms < next_due)
+                next_due = ds->next_poll_ms;
+            start_poll(d, (int)i, now);
         }
-        ds->next_poll_ms = d->once ? POLL_NEVER : now + d->cfg.poll_every_ms;
-        if (ds->next_poll_ms < next_due)
-            next_due = ds->next_poll_ms;
-        start_poll(d, (int)i, now);
+        d->poll_cursor = (i + 1) % d->cfg.n_dcus;
     }
+    /* After a break at the limit next_due covers only part of the table;
+     * the close that ends the wait rescans it all. */
     d->next_due_ms = next_due;
 }
 
@@ -716,9 +737,8 @@ static void run(fepd *d)
         }
         if (d->closed_this_pass > 0 && d->state.dirty)
             state_save(&d->state, &d->cfg);
-        if (d->closed_this_pass > 0 && d->next_due_ms > now)
-            d->next_due_ms = d->sessions_active < d->cfg.max_sessions ? now
-                                                                       : d->next_due_ms;
+        if (d->closed_this_pass > 0 && d->poll_waiting)
+            d->next_due_ms = now;
     }
 }
 

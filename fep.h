@@ -691,6 +691,7 @@ typedef struct fepd {
     unsigned kind_in_use[4];            /* slots in use, by slot_kind */
     unsigned poll_cursor;               /* where the scheduler's next scan starts */
     int64_t next_due_ms;                /* no DCU is due before this */
+    int poll_waiting;                   /* a due poll waits for a session to end */
     unsigned once_pending;              /* --once: poll cycles not yet finished */
     unsigned closed_this_pass;          /* sessions closed in this loop pass */
     int listen_fd;                      /* -1 when off */
