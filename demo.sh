@@ -320,8 +320,7 @@ say ""
 
 say "--- NACKs fepd sent (a NACK is the answer to a frame it refused) ---"
 # How many: /metrics when scraped, else what the simulators report having
-# received.  To whom: fepd's log lines (a NACK CRC that the DCU answers
-# with a good copy is not logged, so that one stays unnamed).
+# received.  To whom: fepd's log lines, one for every NACK.
 for CODE in crc header length security replay unknown command sequence \
     store busy; do
     C=$(metric "fep_nacks_sent_total{code=\"$CODE\"}")

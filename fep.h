@@ -443,7 +443,7 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 /* Limits, each with its memory cost. */
 #define POLL_CMDS_MAX 4                 /* k s m n */
 #define PATH_SIZE 256                   /* data_dir, state_dir and file names */
-#define LISTEN_BACKLOG 128
+#define LISTEN_BACKLOG SOMAXCONN       /* a burst of pushes waits in the kernel, not refused */
 #define FD_RESERVED 32                  /* stdio, listeners, CSV and state files */
 #define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED)
 #define REJECT_SLOTS 8                  /* extra slots that only answer NACK BUSY */

@@ -96,11 +96,43 @@ void sess_end(fepd *d, session *s, fep_err why)
         d->state.dcus[s->dcu].session = -1;
 }
 
-/* NACK with code, echoing the QSN and FSN of the frame it answers. */
+/* A printable name for the peer: its DCU once bound, before that the SID
+ * its frames claim ("?" before any frame). */
+static const char *peer_name(const fepd *d, const session *s,
+                             char out[FRAME_ID_SIZE + 1])
+{
+    size_t i, n;
+
+    if (s->dcu >= 0)
+        return d->cfg.dcus[s->dcu].id;
+    if (s->peer_sid[0] == 0)
+        return "?";
+    n = frame_id_str(s->peer_sid, out);
+    for (i = 0; i < n; i++)
+        if (out[i] < 0x21 || out[i] > 0x7E)
+            out[i] = '?';
+    return out;
+}
+
+static const char *kind_name(const session *s)
+{
+    return s->kind == KIND_POLL ? "poll" : "push";
+}
+
+/* NACK with code, echoing the QSN and FSN of the frame it answers; every
+ * NACK is logged with the DCU it goes to. */
 static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
 {
     uint8_t payload[NACK_SIZE];
+    char name[FRAME_ID_SIZE + 1];
 
+    if (code == FEP_ERR_CRC)
+        log_msg(LOG_WARN, "%s %s: NACK crc (CRC mismatch, strike %u of %d)",
+                kind_name(s), peer_name(d, s, name), s->crc_strikes,
+                CRC_STRIKES_MAX);
+    else
+        log_msg(LOG_WARN, "%s %s: NACK %s (%s)", kind_name(s),
+                peer_name(d, s, name), fep_nack_name(code), fep_strerror(code));
     payload[0] = (uint8_t)code;
     if (send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload) == 0)
         d->stats.nacks_sent[code]++;
@@ -108,9 +140,6 @@ static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
 
 static void nack_and_end(fepd *d, session *s, const frame *f, fep_err code)
 {
-    log_msg(LOG_WARN, "%s %s: NACK %s (%s)", s->kind == KIND_POLL ? "poll" : "push",
-            s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "?", fep_nack_name(code),
-            fep_strerror(code));
     send_nack(d, s, f, code);
     sess_end(d, s, code);
 }
@@ -328,6 +357,11 @@ static void handle_packet(fepd *d, session *s, const frame *f)
         request_refused(d, s, f, payload, len);
         return;
     }
+    if (response_to(f->cmd) != 0) {
+        /* A request from a DCU: a command in the wrong direction. */
+        nack_and_end(d, s, f, FEP_ERR_HEADER);
+        return;
+    }
     if (!is_response(f->cmd) ||
         (s->kind == KIND_POLL && f->cmd != s->expect)) {
         nack_and_end(d, s, f, FEP_ERR_COMMAND);
@@ -444,8 +478,9 @@ void sess_committed(fepd *d, session *s, int ok)
 void sess_account(fepd *d, session *s, int64_t now_ms)
 {
     int ok = s->result == FEP_OK;
-    const char *kind = s->kind == KIND_POLL ? "poll" : "push";
-    const char *id = s->dcu >= 0 ? d->cfg.dcus[s->dcu].id : "-";
+    const char *kind = kind_name(s);
+    char name[FRAME_ID_SIZE + 1];
+    const char *id = peer_name(d, s, name);
     char peer[80];
 
     if (s->kind != KIND_POLL && s->kind != KIND_PUSH)
