@@ -199,17 +199,6 @@ static int is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* 1..8 printable ASCII characters, no space: the wire pads ids with spaces. */
 static int id_valid(const char *text)
 {
@@ -348,7 +337,7 @@ static int parse_key(const char *text, dcu_conf *dc, char *why, size_t whylen)
         dc->has_key = 0;
         return 0;
     }
-    for (i = 0; i < 2 * KEY_SIZE && hex_digit(text[i]) >= 0; i++)
+    for (i = 0; i < 2 * KEY_SIZE && hex_digit((unsigned char)text[i]) >= 0; i++)
         ;
     if (i != 2 * KEY_SIZE || text[i] != '\0') {
         snprintf(why, whylen, "must be %d hex digits or -, got '%s'",
@@ -356,8 +345,8 @@ static int parse_key(const char *text, dcu_conf *dc, char *why, size_t whylen)
         return -1;
     }
     for (i = 0; i < KEY_SIZE; i++)
-        dc->key[i] = (uint8_t)(hex_digit(text[2 * i]) << 4 |
-                               hex_digit(text[2 * i + 1]));
+        dc->key[i] = (uint8_t)(hex_digit((unsigned char)text[2 * i]) << 4 |
+                               hex_digit((unsigned char)text[2 * i + 1]));
     dc->has_key = 1;
     return 0;
 }

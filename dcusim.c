@@ -1693,17 +1693,6 @@ static int64_t num_ms(const char *opt, const char *s)
     return ms > 0 ? ms : 1;
 }
 
-static int hex_digit(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 static void key_parse(const char *opt, const char *s, uint8_t key[KEY_SIZE])
 {
     int i;

@@ -166,6 +166,19 @@ static inline void put_u32be(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
+/* The value of a hex digit, -1 for any other character (keys in the config
+ * file, the state file, dcusim's options, test vectors). */
+static inline int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* ------------------------------------------------------------------------
  * crypto.c -- AES-128 (encryption direction), GHASH, AES-128-GCM,
  * CRC-16/X-25 and the header XOR check.  No allocation; caller-owned

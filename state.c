@@ -411,17 +411,6 @@ static int parse_u64(const char *s, uint64_t max, uint64_t *out)
     return 0;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int parse_kcv(const char *s, uint8_t kcv[KCV_SIZE])
 {
     unsigned i;
@@ -429,7 +418,8 @@ static int parse_kcv(const char *s, uint8_t kcv[KCV_SIZE])
     if (strlen(s) != 2 * KCV_SIZE)
         return -1;
     for (i = 0; i < KCV_SIZE; i++) {
-        int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
+        int hi = hex_digit((unsigned char)s[2 * i]);
+        int lo = hex_digit((unsigned char)s[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         kcv[i] = (uint8_t)(hi << 4 | lo);

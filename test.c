@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fep.h"
 #include "test.h"
 
 static const char *test_filter;
@@ -93,24 +94,13 @@ void test_check_mem(const void *a, const void *b, size_t n, const char *file,
     check_failed();
 }
 
-static int hex_value(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 size_t test_unhex(const char *hex, uint8_t *out, size_t cap)
 {
     size_t n = 0;
     int hi = -1;
 
     for (; *hex; hex++) {
-        int v = hex_value((unsigned char)*hex);
+        int v = hex_digit((unsigned char)*hex);
         if (v < 0)
             continue;
         if (hi < 0) {
