@@ -563,7 +563,7 @@ int store_commit(store *s);
 void store_reopen(store *s);
 void store_close(store *s);
 
-/* ---- state.c: ICs and per-DCU statistics, in state_dir/fepd.state ---- */
+/* ---- state.c: ICs and per-DCU statistics, in state_dir/fepd.{state,journal} ---- */
 
 typedef struct key_state {
     uint8_t kcv[8];                     /* AES_K(0^128), first 8 bytes: names the key on disk */
@@ -575,6 +575,7 @@ typedef struct dcu_state {
     int key;                            /* index into keys, or -1 when unkeyed */
     uint32_t rx_ic;                     /* highest IC accepted from this DCU */
     uint16_t next_qsn;
+    uint8_t changed;                    /* rx_ic or statistics not yet written (state_touch) */
     int session;                        /* slot index, or -1 */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
@@ -586,23 +587,40 @@ typedef struct dcu_state {
 } dcu_state;
 
 typedef struct fep_state {
-    char path[PATH_SIZE];               /* state_dir/fepd.state */
+    char path[PATH_SIZE];               /* state_dir/fepd.state (the snapshot) */
+    char journal_path[PATH_SIZE];       /* state_dir/fepd.journal */
     key_state *keys;                    /* one per distinct key, n_keys */
     unsigned n_keys;
     dcu_state *dcus;                    /* parallel to cfg->dcus */
     unsigned n_dcus;
     int dirty;                          /* something changed since the last save */
-    char *save_buf;                     /* the whole file, formatted before write */
-    size_t save_cap;
+    unsigned *changed;                  /* DCUs whose dcu_state.changed is set, n_dcus room */
+    unsigned n_changed;
+    int changed_rescan;                 /* the list lost track: rebuild it from the flags */
+    off_t journal_size;                 /* whole lines fepd wrote; -1: compact before appending */
+    size_t snapshot_len;                /* of the last formatted snapshot */
+    char *save_buf;                     /* the snapshot before write, then journal_buf */
+    char *journal_buf;                  /* inside save_buf: journal lines before write */
+    size_t journal_cap;
+    size_t save_cap;                    /* of the whole save_buf allocation */
 } fep_state;
 
-/* Allocates the tables once, sized from cfg; loads state_dir/fepd.state when
- * it exists; reserves a new IC block for every key and saves.  0 or -1. */
+/* Allocates the tables once, sized from cfg; loads state_dir/fepd.state and
+ * then state_dir/fepd.journal when they exist; reserves a new IC block for
+ * every key and writes the snapshot, emptying the journal.  0 or -1. */
 int state_open(fep_state *st, const fep_config *cfg, char *err, size_t errlen);
 /* The next IC to send under key k; reserves a new block on disk first when
  * needed.  0 when no IC can be had (reservation failed, or exhausted). */
 uint32_t state_take_ic(fep_state *st, unsigned k);
-/* Writes the file atomically (temporary, fsync, rename, fsync dir). 0 or -1. */
+/* Marks DCU dcu's rx_ic or statistics as changed (and the state dirty):
+ * the next state_save writes that DCU's lines. */
+void state_touch(fep_state *st, unsigned dcu);
+/* Makes every change durable: appends the lines of the DCUs marked by
+ * state_touch to the journal (one write, one fsync).  Writes the whole
+ * snapshot atomically and empties the journal when nothing is marked (the
+ * save at shutdown), when the journal has outgrown the snapshot, or when the
+ * journal is not the file fepd wrote.  0 when every value is on disk; -1
+ * (logged) when not, and the marks stay for the next call. */
 int state_save(fep_state *st, const fep_config *cfg);
 void state_release(fep_state *st);
 

@@ -281,7 +281,7 @@ static fep_err open_payload(fepd *d, session *s, const frame *f,
     if (ic <= ds->rx_ic)
         return FEP_ERR_REPLAY;
     ds->rx_ic = ic;
-    d->state.dirty = 1;
+    state_touch(&d->state, (unsigned)s->dcu);
     *payload = d->scratch;
     return FEP_OK;
 }
@@ -500,7 +500,7 @@ void sess_account(fepd *d, session *s, int64_t now_ms)
             ds->cycle_result = ok ? 1 : -1;
         if (ds->session == (int)(s - d->slots))
             ds->session = -1;
-        d->state.dirty = 1;
+        state_touch(&d->state, (unsigned)s->dcu);
     }
     log_msg(ok ? LOG_INFO : LOG_WARN,
             "session %s %s peer %s %s%s%s records=%u duration_ms=%lld", kind,
