@@ -191,21 +191,26 @@ static void next_request(fepd *d, session *s)
     wait_frame(d, s);
 }
 
-/* Binds slot s to DCU i: the key is expanded here, once per session. */
+/* What we send goes to DCU i (or, i < 0, to an unknown SID in plaintext):
+ * its key is expanded here, once per session. */
+static void peer_set(fepd *d, session *s, int i, const uint8_t sid[FRAME_ID_SIZE])
+{
+    memcpy(s->peer_sid, sid, FRAME_ID_SIZE);
+    s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
+    if (s->key_index >= 0)
+        gcm_init(&s->key, d->cfg.dcus[i].key);
+}
+
+/* Binds slot s to DCU i (its peer already set) for the rest of the session. */
 static void bind_dcu(fepd *d, session *s, int i)
 {
-    const dcu_conf *dc = &d->cfg.dcus[i];
-
     s->dcu = i;
     d->state.dcus[i].session = (int)(s - d->slots);
-    memcpy(s->peer_sid, dc->sid, FRAME_ID_SIZE);
-    s->key_index = d->state.dcus[i].key;
-    if (s->key_index >= 0)
-        gcm_init(&s->key, dc->key);
 }
 
 void sess_poll_start(fepd *d, session *s, int dcu)
 {
+    peer_set(d, s, dcu, d->cfg.dcus[dcu].sid);
     bind_dcu(d, s, dcu);
 }
 
@@ -228,10 +233,7 @@ static int address_claimed(fepd *d, session *s, const frame *f)
 {
     int i = config_find_dcu(&d->cfg, f->sid);
 
-    memcpy(s->peer_sid, f->sid, FRAME_ID_SIZE);
-    s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
-    if (s->key_index >= 0)
-        gcm_init(&s->key, d->cfg.dcus[i].key);
+    peer_set(d, s, i, f->sid);
     return i;
 }
 
