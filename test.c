@@ -168,7 +168,7 @@ pid_t test_spawn(const char *const argv[], const char *log_path)
     return pid;
 }
 
-static void sleep_ms(int ms)
+void test_sleep_ms(int ms)
 {
     struct timespec ts;
 
@@ -192,7 +192,7 @@ int test_wait(pid_t pid, int timeout_ms)
             waitpid(pid, &status, 0);
             return -1;
         }
-        sleep_ms(5);
+        test_sleep_ms(5);
         waited += 5;
     }
     if (WIFEXITED(status))
@@ -279,7 +279,7 @@ int test_wait_port(int port, int timeout_ms)
         close(fd);
         if (ok)
             return 0;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     return -1;
 }

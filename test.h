@@ -40,6 +40,10 @@ pid_t test_spawn(const char *const argv[], const char *log_path);
  * SIGKILL and reaped). */
 int test_wait(pid_t pid, int timeout_ms);
 
+/* Sleeps ms milliseconds (for polling a condition against a deadline;
+ * sys_now_ms is the clock). */
+void test_sleep_ms(int ms);
+
 /* A fresh empty directory under $TMPDIR (or /tmp), name in out. */
 int test_tmpdir(char *out, size_t cap, const char *tag);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */

@@ -57,27 +57,6 @@ static const char *const default_directives[] = {
 };
 
 /* ------------------------------------------------------------------------
- * Time
- * ---------------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts;
-
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
-/* ------------------------------------------------------------------------
  * Logs and key=value lines
  * ---------------------------------------------------------------------- */
 
@@ -146,12 +125,12 @@ static long log_count2(const char *path, const char *a, const char *b)
 /* Waits (bounded) until at least count lines of path contain needle. */
 static int wait_log(const char *path, const char *needle, long count, int ms)
 {
-    int64_t deadline = now_ms() + ms;
+    int64_t deadline = sys_now_ms() + ms;
 
     while (log_count(path, needle) < count) {
-        if (now_ms() >= deadline)
+        if (sys_now_ms() >= deadline)
             return -1;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     return 0;
 }
@@ -298,16 +277,16 @@ static long long sim_report(const struct world *w, const char *key)
  * report with SIGUSR1 as it goes. */
 static int sim_wait_report(const struct world *w, const char *key, long long min)
 {
-    int64_t deadline = now_ms() + SETTLE_MS;
+    int64_t deadline = sys_now_ms() + SETTLE_MS;
 
     if (w->sim <= 0)
         return -1;                      /* kill(-1, ...) would signal everyone */
     for (;;) {
         kill(w->sim, SIGUSR1);
-        sleep_ms(30);
+        test_sleep_ms(30);
         if (sim_report(w, key) >= min)
             return 0;
-        if (now_ms() >= deadline)
+        if (sys_now_ms() >= deadline)
             return -1;
     }
 }
@@ -804,15 +783,15 @@ static long long metric_get(const char *text, const char *name)
 static int metrics_wait(const struct world *w, const char *name, long long min,
                         char *buf, size_t cap)
 {
-    int64_t deadline = now_ms() + SETTLE_MS;
+    int64_t deadline = sys_now_ms() + SETTLE_MS;
 
     for (;;) {
         if (http_get(w->metrics_port, "/metrics", buf, cap) == 200 &&
             metric_get(buf, name) >= min)
             return 0;
-        if (now_ms() >= deadline)
+        if (sys_now_ms() >= deadline)
             return -1;
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
 }
 
@@ -1314,11 +1293,11 @@ static void test_fep_poll_limit(void)
         .directives = "max_sessions 1\ntimeout_frame 1\n"
     };
     struct world w;
-    int64_t cpu = children_cpu_ms(), wall = now_ms();
+    int64_t cpu = children_cpu_ms(), wall = sys_now_ms();
 
     CHECK(fault_run(&w, &c) >= 1000);
     cpu = children_cpu_ms() - cpu;
-    wall = now_ms() - wall;
+    wall = sys_now_ms() - wall;
     /* Under valgrind (test_spawn), its own start-up takes most of the CPU. */
     if (!getenv("FEP_TEST_VALGRIND"))
         CHECK(cpu * 4 < wall);
@@ -1608,10 +1587,10 @@ static void test_fep_push_idle(void)
     conf_dcus(&w, 1, 1, NULL, 0, "k");
     if (fep_start(&w, NULL) == 0) {
         int fd = tcp_connect(w.fep_port, 5);
-        int64_t t0 = now_ms(), elapsed;
+        int64_t t0 = sys_now_ms(), elapsed;
         ssize_t n = fd >= 0 ? read(fd, &byte, 1) : -1;
 
-        elapsed = now_ms() - t0;
+        elapsed = sys_now_ms() - t0;
         if (fd >= 0)
             close(fd);
         CHECK(n == 0);                  /* closed by fepd, nothing sent */
@@ -1715,12 +1694,12 @@ static void test_fep_push_next_while_closing(void)
 /* Waits (bounded) until path has at least rows data lines. */
 static int wait_rows(const char *path, long rows)
 {
-    int64_t deadline = now_ms() + SETTLE_MS;
+    int64_t deadline = sys_now_ms() + SETTLE_MS;
 
     while (csv_rows(path) < rows) {
-        if (now_ms() >= deadline)
+        if (sys_now_ms() >= deadline)
             return -1;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     return 0;
 }
@@ -2032,10 +2011,10 @@ static void test_fep_sigterm_during_polls(void)
             int rc;
 
             CHECK(wait_rows(w.lp, 3 * 5) == 0);
-            t0 = now_ms();
+            t0 = sys_now_ms();
             rc = fep_stop(&w, SIGTERM);
             CHECK_EQ(rc, 0);
-            CHECK(now_ms() - t0 < 2000 + MARGIN_MS);
+            CHECK(sys_now_ms() - t0 < 2000 + MARGIN_MS);
             CHECK_EQ(log_count(w.fep_log, "stopping: 3 sessions open"), 1);
             check_clean_exit(&w);
         }

@@ -47,23 +47,6 @@ struct simproc {
     char addr[64];
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts;
-
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
 static void sim_prepare(struct simproc *p, const char *tag)
 {
     memset(p, 0, sizeof *p);
@@ -164,11 +147,11 @@ static long long sim_report(const struct simproc *p, const char *key)
 static void sim_settle(const struct simproc *p, const char *key,
                        long long value)
 {
-    int64_t deadline = now_ms() + WAIT_MS;
+    int64_t deadline = sys_now_ms() + WAIT_MS;
 
-    while (sim_report(p, key) != value && now_ms() < deadline) {
+    while (sim_report(p, key) != value && sys_now_ms() < deadline) {
         kill(p->pid, SIGUSR1);
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
 }
 
@@ -346,7 +329,7 @@ static void fepc_keep(struct fepc *c, const frame *f, frame_result r)
 static int wait_readable(int fd, int64_t deadline)
 {
     struct pollfd pfd;
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - sys_now_ms();
 
     pfd.fd = fd;
     pfd.events = POLLIN;
@@ -359,7 +342,7 @@ static int wait_readable(int fd, int64_t deadline)
 /* The next frame (any frame_result but NEED_MORE), RECV_TIMEOUT or RECV_EOF. */
 static int fepc_recv(struct fepc *c, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = sys_now_ms() + timeout_ms;
 
     for (;;) {
         frame f;
@@ -398,7 +381,7 @@ static int fepc_recv_ok(struct fepc *c)
 /* 1 when dcusim closes the connection within timeout_ms (data ignored). */
 static int fepc_wait_eof(struct fepc *c, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = sys_now_ms() + timeout_ms;
     uint8_t buf[4096];
 
     while (wait_readable(c->fd, deadline)) {
@@ -412,7 +395,7 @@ static int fepc_wait_eof(struct fepc *c, int timeout_ms)
 /* Raw bytes, as they come, up to n or the deadline; the count read. */
 static size_t read_raw(int fd, uint8_t *buf, size_t n, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = sys_now_ms() + timeout_ms;
     size_t got = 0;
 
     while (got < n && wait_readable(fd, deadline)) {
@@ -694,12 +677,12 @@ static void test_sim_unacked_poll_repeats(void)
     }
     /* Until the first session is over, DCU00001 answers BUSY: retry. */
     if (fepc_connect(&c, p.port, 1, 0) == 0) {
-        int64_t deadline = now_ms() + WAIT_MS;
+        int64_t deadline = sys_now_ms() + WAIT_MS;
         int r = RECV_TIMEOUT;
         for (;;) {
             CHECK(fepc_k(&c, 2, 0, 0) == 0);
             r = fepc_recv(&c, WAIT_MS);
-            if (r != FRAME_READY || c.f.cmd != CMD_NACK || now_ms() > deadline)
+            if (r != FRAME_READY || c.f.cmd != CMD_NACK || sys_now_ms() > deadline)
                 break;
             fepc_close(&c);
             if (fepc_connect(&c, p.port, 1, 0) != 0)
@@ -1011,7 +994,7 @@ static void test_sim_fault_dribble(void)
     struct simproc p;
     struct fepc c;
     uint8_t buf[64];
-    int64_t t0 = now_ms();
+    int64_t t0 = sys_now_ms();
     size_t got = 0, reads = 0, room;
 
     if (fault_start(&p, &c, "dribble:10", "1", 0) == 0) {
@@ -1025,7 +1008,7 @@ static void test_sim_fault_dribble(void)
             reads++;
         }
         CHECK_EQ(got, 59);
-        CHECK(now_ms() - t0 >= 58 * 10);
+        CHECK(sys_now_ms() - t0 >= 58 * 10);
         CHECK(reads > 10);              /* bytes came apart, not in one write */
         memcpy(frame_rx_space(&c.rx, &room), buf, 59);
         frame_rx_commit(&c.rx, 59);
@@ -1045,9 +1028,9 @@ static void test_sim_fault_slowloris(void)
 
     if (fault_start(&p, &c, "slowloris", "1", 0) == 0) {
         CHECK_EQ(read_raw(c.fd, b, 1, WAIT_MS), 1);
-        t1 = now_ms();
+        t1 = sys_now_ms();
         CHECK_EQ(read_raw(c.fd, b + 1, 1, WAIT_MS), 1);
-        CHECK(now_ms() - t1 >= 900);
+        CHECK(sys_now_ms() - t1 >= 900);
         CHECK_EQ(b[0], FRAME_SOF);
         CHECK_EQ(b[1], FRAME_VERSION);
         fepc_close(&c);
@@ -1375,7 +1358,7 @@ static uint32_t push_serve(int lfd, uint32_t *records)
     memset(&c, 0, sizeof c);
     frame_rx_reset(&c.rx);
     c.ic = 1;
-    if (!wait_readable(lfd, now_ms() + WAIT_MS))
+    if (!wait_readable(lfd, sys_now_ms() + WAIT_MS))
         return 0;
     c.fd = accept(lfd, NULL, NULL);
     CHECK(c.fd >= 0);
@@ -1412,11 +1395,11 @@ static void test_sim_push(void)
             "--push-concurrency", "1", "--push-rate", "10", "--timeout", "2",
             "--acked-csv", acked, NULL
         };
-        int64_t t0 = now_ms();
+        int64_t t0 = sys_now_ms();
         if (sim_spawn_argv(&p, args, 0) == 0)
             for (i = 0; i < 3; i++)
                 seen |= 1u << push_serve(lfd, &records);
-        CHECK(now_ms() - t0 >= 200);    /* 3 sessions at 10 a second */
+        CHECK(sys_now_ms() - t0 >= 200);    /* 3 sessions at 10 a second */
         close(lfd);
         /* Every push done: dcusim exits on its own. */
         CHECK_EQ(test_wait(p.pid, 5000), 0);
@@ -1451,13 +1434,13 @@ static void test_sim_sigterm_report(void)
     sim_prepare(&p, "sim-term");
     if (sim_spawn(&p, NULL) == 0) {
         kill(p.pid, SIGUSR1);
-        t0 = now_ms();
-        while (sim_report(&p, "sessions") < 0 && now_ms() - t0 < WAIT_MS)
-            sleep_ms(10);
+        t0 = sys_now_ms();
+        while (sim_report(&p, "sessions") < 0 && sys_now_ms() - t0 < WAIT_MS)
+            test_sleep_ms(10);
         CHECK(sim_report(&p, "sessions") >= 0);
-        t0 = now_ms();
+        t0 = sys_now_ms();
         CHECK_EQ(sim_finish(&p), 0);
-        CHECK(now_ms() - t0 < 2000);
+        CHECK(sys_now_ms() - t0 < 2000);
     }
     CHECK_EQ(test_count_lines(p.log, "dcusim: sessions="), 2);
     v = sim_report(&p, "timeouts");
