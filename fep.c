@@ -519,8 +519,14 @@ static void commit_pass(fepd *d, int64_t now)
         storing = 0;
         for (i = 0; i < d->n_slots; i++)
             storing += d->slots[i].state == SLOT_STORING;
-        if (storing == 0)
+        if (storing == 0) {
+            /* A failed early write whose packets' slots were all aborted
+             * in this pass still needs the commit that clears it, or the
+             * store would refuse every later packet. */
+            if (d->store.pass_failed)
+                store_commit(&d->store);
             return;
+        }
         ok = store_commit(&d->store) == 0;
         for (i = 0; i < d->n_slots; i++) {
             session *s = &d->slots[i];

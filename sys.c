@@ -461,9 +461,14 @@ int sys_open(const char *path, int flags, int mode)
     return fd_adopt(open(path, flags | O_CLOEXEC, mode));
 }
 
+/* Interruptions in a row after which a file write gives up: a retry is
+ * right for EINTR, but every wait of the program is bounded, this one too. */
+#define WRITE_RETRIES_MAX 100
+
 int sys_write_all(int fd, const void *buf, size_t n)
 {
     const uint8_t *p = buf;
+    unsigned retries = 0;
 
     while (n > 0) {
         int fault = fault_check(OP_FWRITE);
@@ -476,16 +481,20 @@ int sys_write_all(int fd, const void *buf, size_t n)
         }
         if (fault == FAULT_SHORT && chunk > 1)
             chunk /= 2;
+        if (fault > 0)
+            errno = fault;
         r = fault > 0 ? -1 : write(fd, p, chunk);
         if (r < 0) {
-            if (fault > 0 || errno == EINTR || errno == EAGAIN)
-                continue;       /* a regular file: retrying is safe */
+            if ((errno == EINTR || errno == EAGAIN) &&
+                ++retries < WRITE_RETRIES_MAX)
+                continue;
             return -1;
         }
         if (r == 0) {
             errno = ENOSPC;
             return -1;
         }
+        retries = 0;
         p += r;
         n -= (size_t)r;
     }
