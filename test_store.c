@@ -1088,8 +1088,9 @@ static void big_cfg_make(unsigned n)
     memset(expected, 0, sizeof expected);
     snprintf(state_cfg.state_dir, sizeof state_cfg.state_dir, "%s/state", dir);
     for (i = 0; big_dcus && big_by_sid && i < n; i++) {
-        snprintf(big_dcus[i].id, sizeof big_dcus[i].id, "D%07u",
-                 i % 10000000u);
+        char id[16];                    /* room for any unsigned: no truncation */
+        snprintf(id, sizeof id, "D%07u", i % 10000000u);
+        memcpy(big_dcus[i].id, id, sizeof big_dcus[i].id - 1);
         frame_id_set(big_dcus[i].sid, big_dcus[i].id);
         big_dcus[i].has_key = 1;
         for (j = 0; j < KEY_SIZE; j++)
