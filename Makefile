@@ -124,7 +124,7 @@ fuzz:
 	    ./$$t -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) \
 	        -print_final_stats=1 -artifact_prefix=fuzz/run/$$name- \
 	        fuzz/run/$$name fuzz/corpus/$$name 2>fuzz/run/$$name.log; rc=$$?; \
-	    grep -E '^#[0-9]+ +(DONE|INITED)' fuzz/run/$$name.log | tail -2; \
+	    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)' fuzz/run/$$name.log | tail -2; \
 	    grep -E '^stat::number_of_executed_units' fuzz/run/$$name.log; \
 	    if [ $$rc -ne 0 ]; then tail -40 fuzz/run/$$name.log; \
 	        echo "make fuzz: $$t failed (log: fuzz/run/$$name.log)"; exit 1; fi; \
@@ -213,17 +213,19 @@ coverage:
 	$(COV_CC) $(COV_FLAGS) -o $(COV_DIR)/dcusim $(DCUSIM_SRC)
 	$(COV_CC) $(COV_FLAGS) -DFEP_FAULT -o $(COV_DIR)/fep_test $(TEST_SRC)
 	@# The rest of the tree as the tests see it from the top (docs, ...).
-	@for f in *; do [ -e $(COV_DIR)/$$f ] || ln -s ../$$f $(COV_DIR)/$$f; done
+	@for f in *; do [ $$f = $(COV_DIR) ] || [ -e $(COV_DIR)/$$f ] || \
+	    ln -s ../$$f $(COV_DIR)/$$f; done
 	@echo "running the suite in $(COV_DIR)/ (log: $(COV_DIR)/test.log)"
-	@cd $(COV_DIR) && { ./fep_test $(COV_FILTER) > test.log 2>&1; rc=$$?; \
-	    tail -1 test.log; grep '^FAIL' test.log; \
-	    [ $$rc -eq 0 ] || echo "make coverage: the suite failed; the table is of that run"; }; true
+	@cd $(COV_DIR) && { ./fep_test $(COV_FILTER) > test.log 2>&1; echo $$? > test.rc; \
+	    tail -1 test.log; grep '^FAIL' test.log; true; }
 	@for g in $(COV_DIR)/*.gcda; do gcov -b -c -t -o $(COV_DIR) "$$g" 2>/dev/null; done | \
 	    awk -v want="$(COV_SOURCES)" -v uncovered=$(COV_DIR)/uncovered.txt "$$COV_AWK" | \
 	    tee $(COV_DIR)/summary.txt
 	@touch $(COV_DIR)/uncovered.txt
 	@sort -t: -k1,1 -k2,2n -o $(COV_DIR)/uncovered.txt $(COV_DIR)/uncovered.txt
 	@echo "lines and branches not covered: $(COV_DIR)/uncovered.txt"
+	@[ "$$(cat $(COV_DIR)/test.rc)" = 0 ] || \
+	    { echo "make coverage: the suite failed; the table is of that run"; exit 1; }
 
 # The fault sweep over every N up to each operation's call count, and 100
 # SIGKILL points (test_fault.c; FEP_FAULT_SWEEP=all widens the sweep to

@@ -797,14 +797,14 @@ static unsigned long next_n(unsigned long n, int every)
     return every || n < 12 ? n + 1 : n + n / 4;
 }
 
-/* The loud error of op, N going up until it stops firing (gaps allowed:
- * some calls fail quietly by design, a read while closing for one).
- * Returns the last N at which it fired. */
+/* The loud error of op, N going up until it stops firing: four points in
+ * a row without it (gaps are expected: some calls fail quietly by design,
+ * a read while closing for one).  Returns the last N at which it fired. */
 static unsigned long sweep_loud(const struct fault_op *o, int every,
                                 struct sweep_stats *st)
 {
     unsigned long n, last = 0;
-    unsigned misses = 0, misses_max = every ? 4 : 2;
+    unsigned misses = 0, misses_max = 4;
     char spec[64];
 
     for (n = 1; misses < misses_max && n < 100000; n = next_n(n, every)) {
@@ -1306,6 +1306,13 @@ static void test_fault_push_rules(void)
                             NULL, 0) == 0);
         RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
         close(fd);
+        /* An unknown SID with a control byte: NACK UNKNOWN, and the log
+         * names it printably. */
+        fd = raw_connect(port);
+        RCHECK(&r, raw_send(fd, "\001BAD", "FEP00001", last, CMD_LP_RSP, 3, 0,
+                            NULL, 0) == 0);
+        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
+        close(fd);
         /* Protected, to a DCU fepd has no key for. */
         fd = raw_connect(port);
         RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", last, CMD_LP_RSP, 4, 0,
@@ -1337,6 +1344,7 @@ static void test_fault_push_rules(void)
         RCHECK_EQ(&r, test_wait(r.fep, STOP_MS), 0);
         r.fep = -1;
         check_ledger(&r, 1);
+        RCHECK(&r, log_count(r.fep_log, "?BAD") > 0);
         /* The records of the ACKed packets, and nothing of the others. */
         RCHECK_EQ(&r, csv_whole(r.data, "lp.csv", 9), 4);
     } else {
@@ -1590,7 +1598,7 @@ static void test_fault_slots_exhausted(void)
 }
 
 /* --once when a connect fails at once (EMFILE): that DCU's cycle is
- * counted failed and the run still ends, exit 1, with -q. */
+ * counted failed and the run still ends, exit 1. */
 static void test_fault_once_connect(void)
 {
     const char *argv[5];
