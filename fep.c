@@ -903,7 +903,7 @@ static void usage(FILE *out)
           "  --once     one poll cycle of every DCU that has an address, then exit\n"
           "             (exit 1 when a cycle failed)\n"
           "  --check    validate the config and exit\n"
-          "  -v         more logging (-v -v: every frame in hex)\n"
+          "  -v         more logging: every frame in hex\n"
           "  -q         errors only\n"
           "  -h         this help\n"
           "exit: 0 ok, 1 --once with a failed cycle, 2 usage or config, "
