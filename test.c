@@ -8,6 +8,7 @@
  * Owns: the pass/fail counters.  Every process a test starts is reaped by
  * test_wait, which kills it after its deadline.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -297,6 +298,76 @@ long test_count_lines(const char *path, const char *needle)
             n++;
     fclose(f);
     return n;
+}
+
+int test_log_last_line(const char *path, const char *needle, char *out,
+                       size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int found = -1;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, needle)) {
+            snprintf(out, cap, "%s", line);
+            found = 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The key must follow a space, so that "opened" does not match
+ * "reopened". */
+long long test_kv_get(const char *line, const char *key)
+{
+    char needle[64];
+    const char *v;
+
+    snprintf(needle, sizeof needle, " %s=", key);
+    v = strstr(line, needle);
+    return v ? strtoll(v + strlen(needle), NULL, 10) : -1;
+}
+
+long test_log_count(const char *path, const char *needle)
+{
+    long n = test_count_lines(path, needle);
+
+    return n < 0 ? 0 : n;
+}
+
+int test_wait_log(const char *path, const char *needle, long count, int ms)
+{
+    int64_t deadline = sys_now_ms() + ms;
+
+    while (test_log_count(path, needle) < count) {
+        if (sys_now_ms() >= deadline)
+            return -1;
+        test_sleep_ms(10);
+    }
+    return 0;
+}
+
+void test_remove_tree(const char *path)
+{
+    DIR *dir = opendir(path);
+    struct dirent *e;
+
+    if (dir) {
+        while ((e = readdir(dir)) != NULL) {
+            char sub[512 + 64];
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            test_remove_tree(sub);
+        }
+        closedir(dir);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
 }
 
 int main(int argc, char **argv)

@@ -56,6 +56,19 @@ int test_wait_port(int port, int timeout_ms);
 /* Lines in a file that contain needle. */
 long test_count_lines(const char *path, const char *needle);
 
+/* Logs and key=value lines (fepd's and dcusim's logs). */
+/* The last line of path that contains needle, into out; 0 or -1. */
+int test_log_last_line(const char *path, const char *needle, char *out,
+                       size_t cap);
+/* The number after "key=" in line, or -1. */
+long long test_kv_get(const char *line, const char *key);
+/* Lines of path that contain needle (0 when the file is missing). */
+long test_log_count(const char *path, const char *needle);
+/* Waits (bounded by ms) until path has count lines with needle; 0 or -1. */
+int test_wait_log(const char *path, const char *needle, long count, int ms);
+/* rm -r path. */
+void test_remove_tree(const char *path);
+
 /* The suites, one per test file. */
 void test_crypto_suite(void);
 void test_frame_suite(void);

@@ -72,61 +72,6 @@
  * Time, logs, files
  * ---------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts;
-
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
-static long log_count(const char *path, const char *needle)
-{
-    long n = test_count_lines(path, needle);
-
-    return n < 0 ? 0 : n;
-}
-
-/* The last line of path that contains needle, into out; 0 or -1. */
-static int log_last_line(const char *path, const char *needle, char *out,
-                         size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    char line[LINE_T];
-    int found = -1;
-
-    if (!f)
-        return -1;
-    while (fgets(line, sizeof line, f)) {
-        if (strstr(line, needle)) {
-            snprintf(out, cap, "%s", line);
-            found = 0;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-/* The number after " key=" in line; -1 when absent. */
-static long long kv_get(const char *line, const char *key)
-{
-    char needle[64];
-    const char *v;
-
-    snprintf(needle, sizeof needle, " %s=", key);
-    v = strstr(line, needle);
-    return v ? strtoll(v + strlen(needle), NULL, 10) : -1;
-}
-
 static int env_on(const char *name)
 {
     const char *v = getenv(name);
@@ -139,27 +84,6 @@ static unsigned long env_ulong(const char *name, unsigned long dflt)
     const char *v = getenv(name);
 
     return v && *v ? strtoul(v, NULL, 10) : dflt;
-}
-
-static void remove_tree(const char *path)
-{
-    DIR *dir = opendir(path);
-    struct dirent *e;
-
-    if (!dir) {
-        unlink(path);
-        return;
-    }
-    while ((e = readdir(dir)) != NULL) {
-        char sub[PATH_T + 64];
-
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-        remove_tree(sub);
-    }
-    closedir(dir);
-    rmdir(path);
 }
 
 /* ------------------------------------------------------------------------
@@ -264,20 +188,7 @@ static void run_end(struct run *r)
     stop_pid(&r->pusher, SIGKILL, STOP_MS);
     stop_pid(&r->poller, SIGKILL, STOP_MS);
     if (r->failures == 0 && !getenv("FEP_TEST_KEEP"))
-        remove_tree(r->dir);
-}
-
-/* Waits (bounded) until at least count lines of path contain needle. */
-static int wait_log(const char *path, const char *needle, long count, int ms)
-{
-    int64_t deadline = now_ms() + ms;
-
-    while (log_count(path, needle) < count) {
-        if (now_ms() >= deadline)
-            return -1;
-        sleep_ms(5);
-    }
-    return 0;
+        test_remove_tree(r->dir);
 }
 
 /* ------------------------------------------------------------------------
@@ -371,7 +282,7 @@ static int poller_start(struct run *r, const char *const *extra)
     r->poller = spawn(argv, r->poll_log, NULL);
     RCHECK(r, r->poller > 0);
     if (r->poller <= 0 ||
-        wait_log(r->poll_log, "dcusim info: playing", 1, START_MS) != 0) {
+        test_wait_log(r->poll_log, "dcusim info: playing", 1, START_MS) != 0) {
         RCHECK(r, !"dcusim (polls) did not start");
         return -1;
     }
@@ -405,25 +316,25 @@ static int fep_start(struct run *r, const char *conf, const char *fault,
                      int *status)
 {
     const char *argv[] = { FEPD_T, "-c", conf, NULL };
-    long started = log_count(r->fep_log, "static memory");
+    long started = test_log_count(r->fep_log, "static memory");
     int64_t deadline;
 
     /* A fepd still running here is a test's mistake: never leave it. */
     RCHECK(r, r->fep <= 0);
     stop_pid(&r->fep, SIGKILL, STOP_MS);
-    deadline = now_ms() + START_MS;
+    deadline = sys_now_ms() + START_MS;
     r->fep = spawn(argv, r->fep_log, fault);
     RCHECK(r, r->fep > 0);
     if (r->fep <= 0)
         return -1;
-    while (log_count(r->fep_log, "static memory") <= started) {
+    while (test_log_count(r->fep_log, "static memory") <= started) {
         if (proc_exited(r->fep, status)) {
             r->fep = -1;
             return 0;
         }
-        if (now_ms() >= deadline)
+        if (sys_now_ms() >= deadline)
             return -1;
-        sleep_ms(5);
+        test_sleep_ms(5);
     }
     return 1;
 }
@@ -587,18 +498,18 @@ static void check_ledger(struct run *r, int started)
     const char *a;
 
     if (started) {
-        RCHECK(r, log_last_line(r->fep_log, "allocations after start-up: ",
+        RCHECK(r, test_log_last_line(r->fep_log, "allocations after start-up: ",
                                 line, sizeof line) == 0);
         a = strstr(line, "allocations after start-up: ");
         RCHECK(r, a && strtol(a + strlen("allocations after start-up: "),
                               NULL, 10) == 0);
     }
-    if (log_last_line(r->fep_log, "ledger: slots", line, sizeof line) != 0) {
+    if (test_log_last_line(r->fep_log, "ledger: slots", line, sizeof line) != 0) {
         RCHECK(r, !"no ledger line");
         return;
     }
-    RCHECK_EQ(r, kv_get(line, "acquired"), kv_get(line, "released"));
-    RCHECK_EQ(r, kv_get(line, "opened"), kv_get(line, "closed"));
+    RCHECK_EQ(r, test_kv_get(line, "acquired"), test_kv_get(line, "released"));
+    RCHECK_EQ(r, test_kv_get(line, "opened"), test_kv_get(line, "closed"));
 }
 
 /* dcusim's counter from its last report line; -1 when there is none. */
@@ -606,8 +517,8 @@ static long long sim_report(const char *log, const char *key)
 {
     char line[LINE_T];
 
-    return log_last_line(log, "dcusim: sessions=", line, sizeof line) == 0
-               ? kv_get(line, key) : -1;
+    return test_log_last_line(log, "dcusim: sessions=", line, sizeof line) == 0
+               ? test_kv_get(line, key) : -1;
 }
 
 /* No IC of fepd's was seen twice, and no DCU frame was refused as a replay
@@ -623,7 +534,7 @@ static void check_no_ic_reuse(struct run *r, const char *log)
  * stops cleanly. */
 static void check_restart(struct run *r, const char *idle_conf)
 {
-    long cut = log_count(r->fep_log, "torn last line");
+    long cut = test_log_count(r->fep_log, "torn last line");
     int status = -1, rc;
 
     rc = fep_start(r, idle_conf, NULL, &status);
@@ -634,7 +545,7 @@ static void check_restart(struct run *r, const char *idle_conf)
     RCHECK_EQ(r, test_wait(r->fep, STOP_MS), 0);
     r->fep = -1;
     check_ledger(r, 1);
-    RCHECK_EQ(r, log_count(r->fep_log, "torn last line"), cut);
+    RCHECK_EQ(r, test_log_count(r->fep_log, "torn last line"), cut);
 }
 
 /* ========================================================================
@@ -724,13 +635,13 @@ static int sweep_point(const char *spec, int err, struct sweep_stats *st)
         /* The poll cycle: a session line per DCU, or a failed connect. */
         sessions = 0;
         {
-            int64_t deadline = now_ms() + CYCLE_MS;
+            int64_t deadline = sys_now_ms() + CYCLE_MS;
 
-            while ((sessions = log_count(r.fep_log, "session poll ") +
-                               log_count(r.fep_log, ": connect to ")) <
+            while ((sessions = test_log_count(r.fep_log, "session poll ") +
+                               test_log_count(r.fep_log, ": connect to ")) <
                        SWEEP_POLLED &&
-                   now_ms() < deadline && !proc_exited(r.fep, &status))
-                sleep_ms(5);
+                   sys_now_ms() < deadline && !proc_exited(r.fep, &status))
+                test_sleep_ms(5);
             if (status != -1)
                 r.fep = -1;             /* it stopped by itself: wrong */
         }
@@ -757,7 +668,7 @@ static int sweep_point(const char *spec, int err, struct sweep_stats *st)
     if (started == 1)
         check_no_ic_reuse(&r, r.push_log);
     check_restart(&r, r.conf_idle);
-    fired = err != 0 && log_count(r.fep_log, strerror(err)) > 0;
+    fired = err != 0 && test_log_count(r.fep_log, strerror(err)) > 0;
     st->failed += r.failures > 0;
     run_end(&r);
     return fired;
@@ -1051,7 +962,7 @@ static void test_fault_crash_keyed(void)
             const char *argv[] = { FEPD_T, "-c", r.conf, NULL };
 
             r.fep = spawn(argv, r.fep_log, NULL);
-            sleep_ms((int)(x >> 8) % 15);
+            test_sleep_ms((int)(x >> 8) % 15);
             in_startup++;
         } else {
             rc = fep_start(&r, r.conf, NULL, &status);
@@ -1063,7 +974,7 @@ static void test_fault_crash_keyed(void)
             if (!pushing)
                 pusher_start(&r, pusher_args);
             pushing = 1;
-            sleep_ms((int)(x >> 8) % 400);
+            test_sleep_ms((int)(x >> 8) % 400);
         }
         kill(r.fep, SIGKILL);
         rc = test_wait(r.fep, STOP_MS);
@@ -1075,9 +986,9 @@ static void test_fault_crash_keyed(void)
 
     /* The last run: fepd_t must start on whatever the kills left, then
      * complete at least one more poll cycle of every DCU. */
-    ok_before = log_count(r.fep_log, "ok records=");
+    ok_before = test_log_count(r.fep_log, "ok records=");
     if (fep_start(&r, r.conf, NULL, &(int){ 0 }) == 1) {
-        RCHECK(&r, wait_log(r.fep_log, "ok records=", ok_before + 8,
+        RCHECK(&r, test_wait_log(r.fep_log, "ok records=", ok_before + 8,
                             CYCLE_MS) == 0);
         kill(r.fep, SIGTERM);
         RCHECK_EQ(&r, test_wait(r.fep, STOP_MS), 0);
@@ -1099,7 +1010,7 @@ static void test_fault_crash_keyed(void)
            "start-up), %zu records acked, %s lost, torn lines cut at "
            "restart: %ld\n",
            survived, in_startup, acked, r.failures ? "some may be" : "none",
-           log_count(r.fep_log, "torn last line"));
+           test_log_count(r.fep_log, "torn last line"));
     run_end(&r);
 }
 
@@ -1220,9 +1131,9 @@ static int raw_answer(int fd, const gcm_key *key, frame *hdr)
 static int raw_closed(int fd, int ms)
 {
     uint8_t sink[256];
-    int64_t deadline = now_ms() + ms;
+    int64_t deadline = sys_now_ms() + ms;
 
-    while (now_ms() < deadline) {
+    while (sys_now_ms() < deadline) {
         fd_set r;
         struct timeval tv = { 0, 20000 };
 
@@ -1344,7 +1255,7 @@ static void test_fault_push_rules(void)
         RCHECK_EQ(&r, test_wait(r.fep, STOP_MS), 0);
         r.fep = -1;
         check_ledger(&r, 1);
-        RCHECK(&r, log_count(r.fep_log, "?BAD") > 0);
+        RCHECK(&r, test_log_count(r.fep_log, "?BAD") > 0);
         /* The records of the ACKed packets, and nothing of the others. */
         RCHECK_EQ(&r, csv_whole(r.data, "lp.csv", 9), 4);
     } else {
@@ -1457,11 +1368,11 @@ static void test_fault_poll_rules(void)
     close(lfd);
     RCHECK_EQ(&r, test_wait(r.fep, STOP_MS), 1);
     r.fep = -1;
-    RCHECK_EQ(&r, log_count(r.fep_log, "ACK instead of a response"), 1);
-    RCHECK_EQ(&r, log_count(r.fep_log, "--once: DCU00031 failed"), 1);
-    RCHECK_EQ(&r, log_count(r.fep_log, "--once: DCU00032 failed"), 1);
-    RCHECK_EQ(&r, log_count(r.fep_log, "DCU00033 failed"), 0);
-    RCHECK(&r, log_count(r.fep_log, "debug: sent") > 0);
+    RCHECK_EQ(&r, test_log_count(r.fep_log, "ACK instead of a response"), 1);
+    RCHECK_EQ(&r, test_log_count(r.fep_log, "--once: DCU00031 failed"), 1);
+    RCHECK_EQ(&r, test_log_count(r.fep_log, "--once: DCU00032 failed"), 1);
+    RCHECK_EQ(&r, test_log_count(r.fep_log, "DCU00033 failed"), 0);
+    RCHECK(&r, test_log_count(r.fep_log, "debug: sent") > 0);
     check_ledger(&r, 1);
     run_end(&r);
 }
@@ -1507,7 +1418,7 @@ static void start_refused(const char *tag, const char *state_text, int fifo,
         rc = fep_start(&r, r.conf, NULL, &st);
         RCHECK_EQ(&r, rc, 0);
         RCHECK_EQ(&r, st, 3);
-        RCHECK(&r, log_count(r.fep_log, needle) > 0);
+        RCHECK(&r, test_log_count(r.fep_log, needle) > 0);
         check_ledger(&r, 0);
     }
     if (lfd >= 0)
@@ -1627,7 +1538,7 @@ static void test_fault_once_connect(void)
     rc = test_wait(r.fep, STOP_MS);
     r.fep = -1;
     RCHECK_EQ(&r, rc, 1);
-    RCHECK_EQ(&r, log_count(r.fep_log, "--once: DCU00001 failed: could not connect"), 1);
+    RCHECK_EQ(&r, test_log_count(r.fep_log, "--once: DCU00001 failed: could not connect"), 1);
     check_ledger(&r, 1);
     run_end(&r);
 }

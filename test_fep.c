@@ -60,51 +60,13 @@ static const char *const default_directives[] = {
  * Logs and key=value lines
  * ---------------------------------------------------------------------- */
 
-/* The last line of path that contains needle, into out; 0 or -1. */
-static int log_last_line(const char *path, const char *needle, char *out,
-                         size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    char line[LINE_MAX_TEST];
-    int found = -1;
-
-    if (!f)
-        return -1;
-    while (fgets(line, sizeof line, f)) {
-        if (strstr(line, needle)) {
-            snprintf(out, cap, "%s", line);
-            found = 0;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-/* The number after " key=" in line; -1 when absent. */
-static long long kv_get(const char *line, const char *key)
-{
-    char needle[64];
-    const char *v;
-
-    snprintf(needle, sizeof needle, " %s=", key);
-    v = strstr(line, needle);
-    return v ? strtoll(v + strlen(needle), NULL, 10) : -1;
-}
-
 /* key of the last line of path that contains needle; -1 when absent. */
 static long long log_kv(const char *path, const char *needle, const char *key)
 {
     char line[LINE_MAX_TEST];
 
-    return log_last_line(path, needle, line, sizeof line) == 0
-               ? kv_get(line, key) : -1;
-}
-
-static long log_count(const char *path, const char *needle)
-{
-    long n = test_count_lines(path, needle);
-
-    return n < 0 ? 0 : n;
+    return test_log_last_line(path, needle, line, sizeof line) == 0
+               ? test_kv_get(line, key) : -1;
 }
 
 /* Lines of path that contain both a and b. */
@@ -120,19 +82,6 @@ static long log_count2(const char *path, const char *a, const char *b)
         n += strstr(line, a) && strstr(line, b);
     fclose(f);
     return n;
-}
-
-/* Waits (bounded) until at least count lines of path contain needle. */
-static int wait_log(const char *path, const char *needle, long count, int ms)
-{
-    int64_t deadline = sys_now_ms() + ms;
-
-    while (log_count(path, needle) < count) {
-        if (sys_now_ms() >= deadline)
-            return -1;
-        test_sleep_ms(10);
-    }
-    return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -175,26 +124,6 @@ static void world_init(struct world *w, const char *tag)
              w->metrics_port);
 }
 
-static void remove_tree(const char *path)
-{
-    DIR *dir = opendir(path);
-    struct dirent *e;
-
-    if (dir) {
-        while ((e = readdir(dir)) != NULL) {
-            char sub[PATH_MAX_TEST + 64];
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            remove_tree(sub);
-        }
-        closedir(dir);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 /* Reaps what a failed test left running, then removes the directory. */
 static void world_end(struct world *w)
 {
@@ -209,7 +138,7 @@ static void world_end(struct world *w)
     }
     w->fep = w->sim = -1;
     if (!getenv("FEP_TEST_KEEP"))
-        remove_tree(w->dir);
+        test_remove_tree(w->dir);
 }
 
 /* ------------------------------------------------------------------------
@@ -222,7 +151,7 @@ static void world_end(struct world *w)
 static int sim_start(struct world *w, int push, const char *const *extra)
 {
     const char *argv[ARGS_MAX + 2];
-    long started = log_count(w->sim_log, "dcusim info: playing");
+    long started = test_log_count(w->sim_log, "dcusim info: playing");
     int n = 0;
 
     argv[n++] = SIM;
@@ -238,7 +167,7 @@ static int sim_start(struct world *w, int push, const char *const *extra)
     w->sim = test_spawn(argv, w->sim_log);
     CHECK(w->sim > 0);
     if (w->sim <= 0 ||
-        wait_log(w->sim_log, "dcusim info: playing", started + 1, START_MS) != 0) {
+        test_wait_log(w->sim_log, "dcusim info: playing", started + 1, START_MS) != 0) {
         CHECK(!"dcusim did not start");
         return -1;
     }
@@ -388,11 +317,11 @@ static int fep_once(struct world *w, const char *prog)
  * finished start-up (its "static memory" line). */
 static int fep_start(struct world *w, const char *fault)
 {
-    long started = log_count(w->fep_log, "static memory");
+    long started = test_log_count(w->fep_log, "static memory");
 
     w->fep = fep_spawn(w, FEPD_T, NULL, fault);
     if (w->fep <= 0 ||
-        wait_log(w->fep_log, "static memory", started + 1, START_MS) != 0) {
+        test_wait_log(w->fep_log, "static memory", started + 1, START_MS) != 0) {
         CHECK(!"fepd did not start");
         return -1;
     }
@@ -418,11 +347,11 @@ static void check_ledger(const struct world *w)
 {
     char line[LINE_MAX_TEST];
 
-    CHECK(log_last_line(w->fep_log, "ledger: slots", line, sizeof line) == 0);
-    CHECK(kv_get(line, "acquired") >= 0);
-    CHECK_EQ(kv_get(line, "acquired"), kv_get(line, "released"));
-    CHECK(kv_get(line, "opened") >= 0);
-    CHECK_EQ(kv_get(line, "opened"), kv_get(line, "closed"));
+    CHECK(test_log_last_line(w->fep_log, "ledger: slots", line, sizeof line) == 0);
+    CHECK(test_kv_get(line, "acquired") >= 0);
+    CHECK_EQ(test_kv_get(line, "acquired"), test_kv_get(line, "released"));
+    CHECK(test_kv_get(line, "opened") >= 0);
+    CHECK_EQ(test_kv_get(line, "opened"), test_kv_get(line, "closed"));
 }
 
 /* What fepd_t prints at every normal exit: no allocation after start-up,
@@ -432,7 +361,7 @@ static void check_clean_exit(const struct world *w)
     char line[LINE_MAX_TEST];
     const char *n;
 
-    CHECK(log_last_line(w->fep_log, "allocations after start-up: ", line,
+    CHECK(test_log_last_line(w->fep_log, "allocations after start-up: ", line,
                         sizeof line) == 0);
     n = strstr(line, "allocations after start-up: ");
     CHECK(n && strtol(n + strlen("allocations after start-up: "), NULL, 10) == 0);
@@ -446,7 +375,7 @@ static long once_failures(const struct world *w, unsigned dcu, fep_err err)
 
     snprintf(needle, sizeof needle, "--once: DCU%05u failed: %s", dcu,
              fep_strerror(err));
-    return log_count(w->fep_log, needle);
+    return test_log_count(w->fep_log, needle);
 }
 
 static long once_any_failure(const struct world *w, unsigned dcu)
@@ -454,7 +383,7 @@ static long once_any_failure(const struct world *w, unsigned dcu)
     char needle[64];
 
     snprintf(needle, sizeof needle, "--once: DCU%05u failed: ", dcu);
-    return log_count(w->fep_log, needle);
+    return test_log_count(w->fep_log, needle);
 }
 
 /* ------------------------------------------------------------------------
@@ -640,7 +569,7 @@ static size_t check_run_stored(const struct world *w)
 /* Data lines of a CSV file: lines that are not its header. */
 static long csv_rows(const char *path)
 {
-    long lines = log_count(path, "\n"), headers = log_count(path, "dcu_id,");
+    long lines = test_log_count(path, "\n"), headers = test_log_count(path, "dcu_id,");
 
     return lines - headers;
 }
@@ -820,7 +749,7 @@ static void poll_cycle(int keyed)
         CHECK_EQ(fep_once(&w, FEPD_T), 0);
         CHECK_EQ(sim_stop(&w), 0);
         check_clean_exit(&w);
-        CHECK_EQ(log_count(w.fep_log, "failed: "), 0);
+        CHECK_EQ(test_log_count(w.fep_log, "failed: "), 0);
         /* One connection per DCU per cycle (PROTOCOL.md section 1). */
         CHECK_EQ(sim_report(&w, "sessions"), POLL_DCUS);
         CHECK_EQ(sim_report(&w, "polls"), 4 * POLL_DCUS);
@@ -862,7 +791,7 @@ static void test_fep_poll_unreachable(void)
         CHECK_EQ(sim_stop(&w), 0);
         check_clean_exit(&w);
         CHECK_EQ(once_failures(&w, 3, FEP_ERR_CONNECT), 1);
-        CHECK_EQ(log_count(w.fep_log, "--once: 3 DCUs polled, 2 ok, 1 failed"), 1);
+        CHECK_EQ(test_log_count(w.fep_log, "--once: 3 DCUs polled, 2 ok, 1 failed"), 1);
         CHECK_EQ(check_run_stored(&w), 2 * 96);
     }
     world_end(&w);
@@ -880,7 +809,7 @@ static void test_fep_smoke_fepd(void)
         conf_dcus(&w, 1, 3, w.sim_addr, 0, "k");
         CHECK_EQ(fep_once(&w, FEPD), 0);
         CHECK_EQ(sim_stop(&w), 0);
-        CHECK_EQ(log_count(w.fep_log, "--once: 3 DCUs polled, 3 ok, 0 failed"), 1);
+        CHECK_EQ(test_log_count(w.fep_log, "--once: 3 DCUs polled, 3 ok, 0 failed"), 1);
         check_ledger(&w);
         CHECK_EQ(check_run_stored(&w), 3 * 96);
     }
@@ -1053,9 +982,9 @@ static void test_fep_fault_garbage(void)
     if (sim_start(&w, 0, args) == 0) {
         conf_dcus(&w, 1, FAULT_DCUS, w.sim_addr, 0, "k");
         if (fep_start(&w, NULL) == 0) {
-            CHECK(wait_log(w.fep_log, "session poll", FAULT_DCUS, SETTLE_MS) == 0);
+            CHECK(test_wait_log(w.fep_log, "session poll", FAULT_DCUS, SETTLE_MS) == 0);
             kill(w.fep, SIGUSR1);
-            CHECK(wait_log(w.fep_log, "stats: ", 1, SETTLE_MS) == 0);
+            CHECK(test_wait_log(w.fep_log, "stats: ", 1, SETTLE_MS) == 0);
             CHECK_EQ(log_kv(w.fep_log, "stats: ", "garbage_bytes"), 100);
             CHECK_EQ(log_kv(w.fep_log, "stats: ", "poll_ok"), FAULT_DCUS);
             CHECK_EQ(log_kv(w.fep_log, "stats: ", "records_stored"),
@@ -1268,7 +1197,7 @@ static void test_fep_session_timeout(void)
 
     CHECK(elapsed >= 1500);
     CHECK(elapsed < 1500 + MARGIN_MS);
-    CHECK_EQ(log_count(w.fep_log, "held past timeout_session"), 1);
+    CHECK_EQ(test_log_count(w.fep_log, "held past timeout_session"), 1);
     world_end(&w);
 }
 
@@ -1502,7 +1431,7 @@ static void test_fep_push_while_polls_saturate(void)
     conf_dcus(&w, 101, 10, NULL, 0, "k");
     if (sim_start(&w, 0, poll_args) == 0 && fep_start(&w, NULL) == 0) {
         /* Polls are in full swing before the first push. */
-        CHECK(wait_log(w.fep_log, "session poll DCU", 40, START_MS) == 0);
+        CHECK(test_wait_log(w.fep_log, "session poll DCU", 40, START_MS) == 0);
         pusher = test_spawn(push_argv, push_log);
         CHECK(pusher > 0);
         CHECK_EQ(test_wait(pusher, ONCE_MS), 0);
@@ -1596,8 +1525,8 @@ static void test_fep_push_idle(void)
         CHECK(n == 0);                  /* closed by fepd, nothing sent */
         CHECK(elapsed >= 400);          /* timeout_idle 0.5 */
         CHECK(elapsed < 500 + MARGIN_MS);
-        CHECK(wait_log(w.fep_log, "session push ?", 1, SETTLE_MS) == 0);
-        CHECK_EQ(log_count(w.fep_log, fep_strerror(FEP_ERR_TIMEOUT)), 1);
+        CHECK(test_wait_log(w.fep_log, "session push ?", 1, SETTLE_MS) == 0);
+        CHECK_EQ(test_log_count(w.fep_log, fep_strerror(FEP_ERR_TIMEOUT)), 1);
         CHECK_EQ(fep_stop(&w, SIGTERM), 0);
         check_clean_exit(&w);
         CHECK_EQ(csv_rows(w.lp), 0);
@@ -1678,7 +1607,7 @@ static void test_fep_push_next_while_closing(void)
         CHECK_EQ(raw_answer(second), CMD_ACK);
         close(first);
         close(second);
-        CHECK(wait_log(w.fep_log, "session push DCU00001", 2, SETTLE_MS) == 0);
+        CHECK(test_wait_log(w.fep_log, "session push DCU00001", 2, SETTLE_MS) == 0);
         CHECK_EQ(fep_stop(&w, SIGTERM), 0);
         check_clean_exit(&w);
         CHECK_EQ(csv_rows(w.lp), 2);
@@ -1810,8 +1739,8 @@ static void test_fep_store_dir_swap(void)
             /* A commit that fails takes its whole pass with it (fep.h,
              * store_commit), but a packet refused before anything of it was
              * written must not cost the other packets of its pass. */
-            CHECK(log_count(w.fep_log, "poll DCU00003: NACK") <=
-                  log_count(w.fep_log, "replaced or removed while open"));
+            CHECK(test_log_count(w.fep_log, "poll DCU00003: NACK") <=
+                  test_log_count(w.fep_log, "replaced or removed while open"));
             CHECK(rmdir(w.lp) == 0);
             CHECK(wait_rows(w.lp, 20) == 0);
             CHECK_EQ(fep_stop(&w, SIGTERM), 0);
@@ -1893,7 +1822,7 @@ static void config_error(const char *tag, const char *directives, unsigned line)
     args[1] = w.conf;
     CHECK_EQ(fep_cli(&w, args), 2);
     snprintf(needle, sizeof needle, "%s:%u: ", w.conf, line);
-    CHECK_EQ(log_count(w.fep_log, needle), 1);
+    CHECK_EQ(test_log_count(w.fep_log, needle), 1);
     world_end(&w);
 }
 
@@ -1920,9 +1849,9 @@ static void test_fep_cli(void)
     conf_dcus(&w, 1, 2, "127.0.0.1:1", 1, "k,s");
     check[1] = unknown[1] = w.conf;
     CHECK_EQ(fep_cli(&w, check), 0);
-    CHECK_EQ(log_count(w.fep_log, ": ok (2 DCUs)"), 1);
+    CHECK_EQ(test_log_count(w.fep_log, ": ok (2 DCUs)"), 1);
     CHECK_EQ(fep_cli(&w, help), 0);
-    CHECK_EQ(log_count(w.fep_log, "usage: fepd"), 1);
+    CHECK_EQ(test_log_count(w.fep_log, "usage: fepd"), 1);
     CHECK_EQ(fep_cli(&w, unknown), 2);
     CHECK_EQ(fep_cli(&w, none), 2);
     /* --check touches nothing: no data or state directory. */
@@ -1956,7 +1885,7 @@ static void test_fep_bind_in_use(void)
     conf_begin(&w, directives);
     conf_dcus(&w, 1, 1, NULL, 0, "k");
     start_failure(&w);
-    CHECK_EQ(log_count(w.fep_log, w.fep_addr), 1);
+    CHECK_EQ(test_log_count(w.fep_log, w.fep_addr), 1);
     close(fd);
     world_end(&w);
 }
@@ -1973,7 +1902,7 @@ static void dir_not_writable(const char *tag, int state)
     conf_begin(&w, NULL);
     conf_dcus(&w, 1, 1, "127.0.0.1:1", 1, "k");
     start_failure(&w);
-    CHECK_EQ(log_count(w.fep_log, dir), 1);
+    CHECK_EQ(test_log_count(w.fep_log, dir), 1);
     world_end(&w);
 }
 
@@ -2015,7 +1944,7 @@ static void test_fep_sigterm_during_polls(void)
             rc = fep_stop(&w, SIGTERM);
             CHECK_EQ(rc, 0);
             CHECK(sys_now_ms() - t0 < 2000 + MARGIN_MS);
-            CHECK_EQ(log_count(w.fep_log, "stopping: 3 sessions open"), 1);
+            CHECK_EQ(test_log_count(w.fep_log, "stopping: 3 sessions open"), 1);
             check_clean_exit(&w);
         }
         CHECK_EQ(sim_stop(&w), 0);
@@ -2044,7 +1973,7 @@ static void test_fep_sighup_reopen(void)
             CHECK(wait_rows(w.lp, 20) == 0);
             CHECK(rename(w.lp, rotated) == 0);
             kill(w.fep, SIGHUP);
-            CHECK(wait_log(w.fep_log, "SIGHUP: reopening", 1, SETTLE_MS) == 0);
+            CHECK(test_wait_log(w.fep_log, "SIGHUP: reopening", 1, SETTLE_MS) == 0);
             CHECK(wait_rows(w.lp, 20) == 0);
             CHECK_EQ(fep_stop(&w, SIGTERM), 0);
             check_clean_exit(&w);
@@ -2133,7 +2062,7 @@ static long long logged_static_memory(const struct world *w)
     char line[LINE_MAX_TEST];
     const char *p;
 
-    if (log_last_line(w->fep_log, "static memory ", line, sizeof line) != 0)
+    if (test_log_last_line(w->fep_log, "static memory ", line, sizeof line) != 0)
         return -1;
     p = strstr(line, "static memory ");
     return strtoll(p + strlen("static memory "), NULL, 10);
