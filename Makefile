@@ -86,7 +86,7 @@ clean:
 	rm -f $(PROGRAMS) .build-flags
 
 # ------------------------------------------------------------------------
-# Proof of robustness (README.testing): coverage, fuzzing, the long fault
+# Proof of robustness (README, "Testing fepd"): coverage, fuzzing, the long fault
 # and crash sweeps.  Their outputs go to cov/ and fuzz/run/ (gitignored).
 
 .PHONY: coverage fuzz fuzz-corpus fuzz-replay test-long

@@ -377,7 +377,7 @@ static void meter_id_make(uint32_t n, uint32_t m, uint8_t id[METER_ID_SIZE])
     memcpy(id, text, METER_ID_SIZE);
 }
 
-/* Record j of DCU idx: the data model of README.dcusim. */
+/* Record j of DCU idx: the data model in the README (dcusim, "Data model"). */
 static void lp_make(int32_t idx, uint32_t j, lp_record *r)
 {
     uint64_t n = dcu_num(idx), m = j % sim.o.meters, i = j / sim.o.meters;

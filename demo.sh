@@ -29,7 +29,7 @@ PUSH_DCUS=80                    # DCU00201..DCU00280
 PUSH_KNOWN=70                   # fepd is told about DCU00201..DCU00270
 METERS=4
 RECORDS=96                      # 24 quarter-hours of 4 meters per DCU
-# Faults of dcusim A, by DCU number (README.dcusim, "Faults").  Keyed DCUs
+# Faults of dcusim A, by DCU number (README, "dcusim": "Faults").  Keyed DCUs
 # are 1..50 and 101..150 (--keyed 50), so the security faults go there.
 FAULT_CRC=3                     # one packet with a bad CRC: NACK, resent, stored
 FAULT_BADTAG=7                  # a forged tag: NACK SECURITY

@@ -398,21 +398,31 @@ static int write_config(const char *path)
     return fclose(f);
 }
 
+/* The temporary directory and whatever fepd made in it. */
+static void remove_tree(const char *path)
+{
+    DIR *dir = opendir(path);
+    struct dirent *e;
+
+    if (!dir) {
+        remove(path);
+        return;
+    }
+    while ((e = readdir(dir)) != NULL) {
+        char sub[PATH_SIZE + 64];
+
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        remove_tree(sub);
+    }
+    closedir(dir);
+    rmdir(path);
+}
+
 static void remove_base_dir(void)
 {
-    static const char *const files[] = {
-        "data/lp.csv", "data/dcu_status.csv", "data/meter_status.csv",
-        "data/meter_change.csv", "data", "state/fepd.state",
-        "state/fepd.state.tmp", "state", "fep.conf", ""
-    };
-    char path[PATH_SIZE + 32];
-    size_t i;
-
-    for (i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", base_dir, files[i]);
-        if (remove(path) != 0 && errno != ENOENT)
-            continue;
-    }
+    remove_tree(base_dir);
 }
 
 /* Start-up, once per process, as fep.c start() does it. */

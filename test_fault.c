@@ -18,6 +18,11 @@
  *   fault_crash_*   fepd_t killed with SIGKILL after seeded random delays,
  *                   restarted on the same data_dir and state_dir each time,
  *                   with keyed DCUs polling and pushing throughout.
+ *   fault_push_rules, fault_poll_rules, fault_start_refused,
+ *   fault_slots_exhausted, fault_once_connect
+ *                   peers and files that break the rules on purpose, which
+ *                   dcusim does not: a raw client and a raw DCU in this
+ *                   process, bad state files, too many connections.
  *
  * At every sweep point: fepd exits 0 (1 is --once only; 3 only when the
  * fault stopped its start-up), never by a signal and never hangs; no

@@ -4,7 +4,7 @@
  * A small blocking "FEP client" (connect, send a request built with
  * frame_encode, read frames through frame_rx with a poll() deadline, answer
  * ACK or NACK) drives each test and checks what dcusim sends against the
- * data model of README.dcusim, byte for byte where it can.  Every fault
+ * data model in the README (dcusim), byte for byte where it can.  Every fault
  * mode has a test that proves it produces that fault and no other; the
  * report line dcusim prints at SIGTERM is parsed to check its counters.
  *
