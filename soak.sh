@@ -27,7 +27,11 @@ cleanup() {
     for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
     for p in $pids; do wait "$p" 2>/dev/null || true; done
 }
-trap cleanup EXIT INT TERM
+# A trap on a signal runs and then the script goes on, unless it exits: so
+# INT and TERM exit, and the EXIT trap does the cleaning.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 rm -rf "$dir"
 mkdir -p "$dir"
