@@ -1235,6 +1235,13 @@ static void test_fault_push_rules(void)
                             &key21, 1) == 0);
         RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_SECURITY));
         close(fd);
+        /* A request from a DCU: a command of the other direction. */
+        fd = raw_connect(port);
+        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", last,
+                            CMD_DCU_STATUS_REQ, 5, 0, NULL, 0) == 0);
+        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_HEADER));
+        RCHECK(&r, raw_closed(fd, RAW_MS));
+        close(fd);
         /* An ACK is no data; then a QSN that changes mid-exchange. */
         fd = raw_connect(port);
         RCHECK(&r, raw_send(fd, "DCU00023", "FEP00001", last, CMD_ACK, 5, 0,

@@ -1451,59 +1451,6 @@ static void test_fep_push_while_polls_saturate(void)
     world_end(&w);
 }
 
-/* A DCU that sends a request (a command of the FEP's direction) is
- * answered NACK HEADER, and the connection is closed. */
-static void test_fep_push_request_from_dcu(void)
-{
-    char directives[128];
-    uint8_t out[FRAME_SIZE_MAX];
-    frame_rx rx;
-    frame_hdr h;
-    frame f;
-    struct world w;
-    size_t n, room;
-    ssize_t r;
-    int fd;
-
-    world_init(&w, "request");
-    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
-    conf_begin(&w, directives);
-    conf_dcus(&w, 1, 1, NULL, 0, "k");
-    if (fep_start(&w, NULL) == 0) {
-        memset(&h, 0, sizeof h);
-        h.ctl = CTL_DIR_DCU | CTL_LAST;
-        h.cmd = CMD_DCU_STATUS_REQ;
-        frame_id_set(h.sid, "DCU00001");
-        frame_id_set(h.did, "FEP00001");
-        h.qsn = 5;
-        n = frame_encode(out, sizeof out, &h, NULL, 0, NULL, 0);
-        fd = tcp_connect(w.fep_port, 5);
-        CHECK(fd >= 0);
-        CHECK(fd >= 0 && write(fd, out, n) == (ssize_t)n);
-        frame_rx_reset(&rx);
-        do {
-            uint8_t *p = frame_rx_space(&rx, &room);
-            r = fd >= 0 ? read(fd, p, room) : -1;
-            if (r > 0)
-                frame_rx_commit(&rx, (size_t)r);
-        } while (r > 0 && frame_rx_next(&rx, &f) != FRAME_READY);
-        CHECK(r > 0);
-        CHECK_EQ(f.cmd, CMD_NACK);
-        CHECK(f.data_len == 1 && f.data[0] == FEP_ERR_HEADER);
-        CHECK_EQ(f.qsn, 5);
-        /* Then fepd closes. */
-        while (fd >= 0 && (r = read(fd, out, sizeof out)) > 0)
-            ;
-        CHECK(r == 0);
-        if (fd >= 0)
-            close(fd);
-        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
-        check_clean_exit(&w);
-    }
-    fep_stop(&w, SIGKILL);
-    world_end(&w);
-}
-
 /* A connection that sends nothing is closed after timeout_idle. */
 static void test_fep_push_idle(void)
 {
@@ -2161,7 +2108,6 @@ void test_fep_suite(void)
     test_run("fep_push_fault_slowloris", test_fep_push_fault_slowloris);
     test_run("fep_push_unknown", test_fep_push_unknown);
     test_run("fep_push_busy", test_fep_push_busy);
-    test_run("fep_push_request_from_dcu", test_fep_push_request_from_dcu);
     test_run("fep_push_while_polls_saturate", test_fep_push_while_polls_saturate);
     test_run("fep_push_idle", test_fep_push_idle);
     test_run("fep_push_next_while_closing", test_fep_push_next_while_closing);
