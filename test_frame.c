@@ -266,10 +266,9 @@ static void test_example_plain_encode(void)
     CHECK_MEM(out, expect, 40);
 }
 
-static void test_example_plain_decode(void)
+/* Every field of the 6.1 frame held in buf[0..n). */
+static void check_example_plain(const uint8_t *buf, size_t n)
 {
-    uint8_t buf[64];
-    size_t n = test_unhex(example_plain_hex, buf, sizeof buf);
     size_t consumed, skipped;
     uint32_t from = 1, to = 1;
     char id[FRAME_ID_SIZE + 1];
@@ -295,6 +294,13 @@ static void test_example_plain_decode(void)
     lp_req_get(f.data, &from, &to);
     CHECK_EQ(from, 0);
     CHECK_EQ(to, 0);
+}
+
+static void test_example_plain_decode(void)
+{
+    uint8_t buf[64];
+
+    check_example_plain(buf, test_unhex(example_plain_hex, buf, sizeof buf));
 }
 
 /* The plaintext of 6.2: count 1 and one LP record. */
@@ -329,10 +335,10 @@ static void test_example_sec_encode(void)
     CHECK_MEM(out, expect, 75);
 }
 
-static void test_example_sec_decode(void)
+/* Every field of the 6.2 frame held in buf[0..n), and its record. */
+static void check_example_sec(const uint8_t *buf, size_t n)
 {
-    uint8_t buf[128], plain[FRAME_DATA_MAX];
-    size_t n = test_unhex(example_sec_hex, buf, sizeof buf);
+    uint8_t plain[FRAME_DATA_MAX];
     size_t consumed, skipped, plain_len = 0;
     uint32_t ic = 0;
     lp_record r;
@@ -359,6 +365,13 @@ static void test_example_sec_decode(void)
     CHECK_EQ(r.import_wh, 123456);
     CHECK_EQ(r.export_wh, 789);
     CHECK_EQ(r.status, 0);
+}
+
+static void test_example_sec_decode(void)
+{
+    uint8_t buf[128];
+
+    check_example_sec(buf, test_unhex(example_sec_hex, buf, sizeof buf));
 }
 
 /* ------------------------------------------------------------------------
@@ -1580,11 +1593,8 @@ static size_t docs_example(const char *text, const char *title, uint8_t *out,
 static void test_docs_examples(void)
 {
     static char text[256 * 1024];
-    uint8_t buf[FRAME_SIZE_MAX], ref[FRAME_SIZE_MAX], plain[FRAME_DATA_MAX];
-    size_t n, consumed, skipped, plain_len = 0;
-    uint32_t ic = 0, from = 1, to = 1;
-    lp_record r;
-    frame f;
+    uint8_t buf[FRAME_SIZE_MAX], ref[FRAME_SIZE_MAX];
+    size_t n;
 
     /* Without the document (run from another directory) there is nothing
      * to decode: a failure, and no frame looked at. */
@@ -1599,22 +1609,7 @@ static void test_docs_examples(void)
         return;
     CHECK_EQ(test_unhex(example_plain_hex, ref, sizeof ref), n);
     CHECK_MEM(buf, ref, n);
-    CHECK_EQ(frame_scan(buf, n, &f, &consumed, &skipped), FRAME_READY);
-    CHECK_EQ(consumed, 40);
-    CHECK_EQ(skipped, 0);
-    CHECK_EQ(f.ctl, CTL_LAST);
-    CHECK_EQ(f.cmd, CMD_LP_REQ);
-    CHECK_MEM(f.sid, "FEP00001", FRAME_ID_SIZE);
-    CHECK_MEM(f.did, "DCU00001", FRAME_ID_SIZE);
-    CHECK_EQ(f.qsn, 7);
-    CHECK_EQ(f.msn, 0);
-    CHECK_EQ(f.fsn, 0);
-    CHECK_EQ(f.len, 10);
-    CHECK_EQ(f.data_len, LP_REQ_SIZE);
-    CHECK_EQ(payload_check(f.cmd, f.data, f.data_len), FEP_OK);
-    lp_req_get(f.data, &from, &to);
-    CHECK_EQ(from, 0);
-    CHECK_EQ(to, 0);
+    check_example_plain(buf, n);
 
     n = docs_example(text, "Worked example (protected)", buf, sizeof buf);
     CHECK_EQ(n, 75);
@@ -1622,26 +1617,7 @@ static void test_docs_examples(void)
         return;
     CHECK_EQ(test_unhex(example_sec_hex, ref, sizeof ref), n);
     CHECK_MEM(buf, ref, n);
-    CHECK_EQ(frame_scan(buf, n, &f, &consumed, &skipped), FRAME_READY);
-    CHECK_EQ(consumed, 75);
-    CHECK_EQ(f.ctl, CTL_DIR_DCU | CTL_SEC | CTL_LAST);
-    CHECK_EQ(f.cmd, CMD_LP_RSP);
-    CHECK_MEM(f.sid, "DCU00001", FRAME_ID_SIZE);
-    CHECK_MEM(f.did, "FEP00001", FRAME_ID_SIZE);
-    CHECK_EQ(f.qsn, 7);
-    CHECK_EQ(f.fsn, 0);
-    CHECK_EQ(f.len, 45);
-    CHECK_EQ(frame_open(&f, key_example(), plain, &plain_len, &ic), FEP_OK);
-    CHECK_EQ(plain_len, 27);
-    CHECK_EQ(ic, 1);
-    CHECK_EQ(payload_check(f.cmd, plain, plain_len), FEP_OK);
-    CHECK_EQ(plain[0], 1);
-    lp_record_get(plain, 0, &r);
-    CHECK_MEM(r.meter_id, "MTR000000001", METER_ID_SIZE);
-    CHECK_EQ(r.ts, 1767225600);
-    CHECK_EQ(r.import_wh, 123456);
-    CHECK_EQ(r.export_wh, 789);
-    CHECK_EQ(r.status, 0);
+    check_example_sec(buf, n);
 }
 
 void test_frame_suite(void)
