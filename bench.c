@@ -282,22 +282,6 @@ static void on_alarm(int sig)
     alarm_fired = 1;
 }
 
-static int write_full(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-
-    while (n > 0) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int read_full(int fd, void *p, size_t n)
 {
     char *c = p;
@@ -336,14 +320,14 @@ static void measurer(int out, char *const argv[], const char *log_path)
 
     if (p == 0)
         exec_program(argv, log_path);
-    if (write_full(out, &p, sizeof p) != 0 || p < 0)
+    if (sys_write_all(out, &p, sizeof p) != 0 || p < 0)
         _exit(1);
     memset(&rep, 0, sizeof rep);
     while (waitpid(p, &rep.status, 0) < 0)
         if (errno != EINTR)
             _exit(1);
     getrusage(RUSAGE_CHILDREN, &rep.ru);
-    write_full(out, &rep, sizeof rep);
+    sys_write_all(out, &rep, sizeof rep);
     _exit(0);
 }
 
