@@ -29,6 +29,8 @@
 #include "fep.h"
 
 #define CONFIG_LINE_MAX 1023            /* characters, newline not counted */
+/* 100,000 dcu lines with keys take about 8 MB: a bigger file is a mistake. */
+#define CONFIG_SIZE_MAX ((off_t)64 * 1024 * 1024)
 /* dcu ID ADDRESS key= poll=, and one more to name in "extra value" */
 #define CONFIG_FIELDS_MAX 6
 #define FIELD_SEPARATORS " \t\r"        /* \r: a CRLF file still reads */
@@ -58,6 +60,8 @@ static int parse_sessions(const char *text, void *field, char *why,
                           size_t whylen);
 static int parse_duration(const char *text, void *field, char *why,
                           size_t whylen);
+static int parse_max_dcus(const char *text, void *field, char *why,
+                          size_t whylen);
 static int parse_sync(const char *text, void *field, char *why, size_t whylen);
 
 #define NO_FLAG ((size_t)-1)
@@ -77,6 +81,7 @@ static const struct directive {
     { "data_dir", parse_path, AT(data_dir), NO_FLAG, "./data" },
     { "state_dir", parse_path, AT(state_dir), NO_FLAG, "./state" },
     { "max_sessions", parse_sessions, AT(max_sessions), NO_FLAG, "256" },
+    { "max_dcus", parse_max_dcus, AT(max_dcus), NO_FLAG, NULL },
     { "poll_every", parse_duration, AT(poll_every_ms), NO_FLAG, "900" },
     { "sync", parse_sync, AT(sync_packet), NO_FLAG, "packet" },
     { "timeout_connect", parse_duration, AT(timeout_connect_ms), NO_FLAG, "5" },
@@ -94,6 +99,8 @@ typedef struct config_reader {
     const char *path;
     unsigned line;                      /* of the line in buf, 1-based */
     int too_long;                       /* the line in buf was cut */
+    int has_nul;                        /* the line in buf held a NUL byte */
+    off_t bytes;                        /* read so far in this pass */
     char *err;
     size_t errlen;
     unsigned given[DIRECTIVES];         /* line of each, 0 not given yet */
@@ -135,28 +142,33 @@ static int file_fail(config_reader *r, const char *problem, const char *detail)
 /*
  * The next line in r->buf, without its newline.  1: a line; 0: end of file;
  * -1: read error.  A line longer than CONFIG_LINE_MAX sets r->too_long and
- * the rest of it is skipped, so that line numbers stay right.
+ * the rest of it is skipped, so that line numbers stay right; a NUL byte
+ * sets r->has_nul (a text file has none, and C strings would stop there).
  */
 static int reader_next(config_reader *r)
 {
-    size_t len;
+    size_t len = 0;
     int c;
 
-    if (!fgets(r->buf, (int)sizeof r->buf, r->f))
-        return ferror(r->f) ? -1 : 0;
-    r->line++;
     r->too_long = 0;
-    len = strlen(r->buf);
-    if (len > 0 && r->buf[len - 1] == '\n') {
-        r->buf[len - 1] = '\0';
-        return 1;
+    r->has_nul = 0;
+    while ((c = getc(r->f)) != EOF && c != '\n') {
+        if (++r->bytes > CONFIG_SIZE_MAX)
+            break;
+        if (c == '\0')
+            r->has_nul = 1;
+        else if (len < CONFIG_LINE_MAX)
+            r->buf[len++] = (char)c;
+        else
+            r->too_long = 1;
     }
-    if (len <= CONFIG_LINE_MAX)
-        return 1;                       /* the last line, without a newline */
-    r->too_long = 1;
-    while ((c = getc(r->f)) != EOF && c != '\n')
-        ;
-    return ferror(r->f) ? -1 : 1;
+    if (ferror(r->f))
+        return -1;
+    r->buf[len] = '\0';
+    if (c == EOF && len == 0 && !r->too_long && !r->has_nul)
+        return 0;
+    r->line++;
+    return 1;
 }
 
 static void split_fields(char *s, line_fields *lf)
@@ -271,6 +283,19 @@ static int parse_sessions(const char *text, void *field, char *why,
 
     if (parse_unsigned(text, SESSIONS_MAX, &v) != 0 || v < 1) {
         snprintf(why, whylen, "must be 1..%d, got '%s'", SESSIONS_MAX, text);
+        return -1;
+    }
+    *(unsigned *)field = (unsigned)v;
+    return 0;
+}
+
+static int parse_max_dcus(const char *text, void *field, char *why,
+                          size_t whylen)
+{
+    unsigned long v;
+
+    if (parse_unsigned(text, DCUS_MAX, &v) != 0 || v < 1) {
+        snprintf(why, whylen, "must be 1..%d, got '%s'", DCUS_MAX, text);
         return -1;
     }
     *(unsigned *)field = (unsigned)v;
@@ -484,6 +509,8 @@ static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
     unsigned i, given = 0;
     dcu_conf *dc;
 
+    if (cfg->n_dcus >= DCUS_MAX)
+        return reader_fail(r, "more than %d DCUs", DCUS_MAX);
     if (cfg->n_dcus >= r->dcu_cap)
         return reader_fail(r, "the file changed while it was being read");
     if (lf->n < 2)
@@ -517,18 +544,31 @@ static int read_failed(config_reader *r)
     return file_fail(r, "cannot read: ", strerror(errno));
 }
 
+/* The first pass: how many DCUs the table must hold, the file's dcu lines
+ * or max_dcus, whichever is more (errors are told by the second pass). */
 static int count_dcus(config_reader *r)
 {
     line_fields lf;
+    unsigned long max_dcus = 0;
     int rc;
 
     r->line = 0;
+    r->bytes = 0;
     r->dcu_cap = 0;
     while ((rc = reader_next(r)) == 1) {
         split_fields(r->buf, &lf);
-        if (!r->too_long && lf.n > 0 && strcmp(lf.f[0], "dcu") == 0)
+        if (r->too_long || lf.n < 1)
+            continue;
+        if (strcmp(lf.f[0], "dcu") == 0 && r->dcu_cap < DCUS_MAX)
             r->dcu_cap++;
+        else if (strcmp(lf.f[0], "max_dcus") == 0 && lf.n == 2 &&
+                 parse_unsigned(lf.f[1], DCUS_MAX, &max_dcus) != 0)
+            max_dcus = 0;
     }
+    if (max_dcus == 0)
+        max_dcus = r->dcu_cap + DCUS_SPARE;
+    if (max_dcus > r->dcu_cap)
+        r->dcu_cap = max_dcus > DCUS_MAX ? DCUS_MAX : (unsigned)max_dcus;
     return rc < 0 ? read_failed(r) : 0;
 }
 
@@ -538,7 +578,13 @@ static int parse_lines(config_reader *r, fep_config *cfg)
     int rc;
 
     r->line = 0;
+    r->bytes = 0;
     while ((rc = reader_next(r)) == 1) {
+        if (r->bytes > CONFIG_SIZE_MAX)
+            return reader_fail(r, "the file is larger than %lld bytes",
+                               (long long)CONFIG_SIZE_MAX);
+        if (r->has_nul)
+            return reader_fail(r, "a NUL byte: not a text file");
         if (r->too_long)
             return reader_fail(r, "line longer than %d characters",
                                CONFIG_LINE_MAX);
@@ -627,6 +673,41 @@ static int config_allocate(config_reader *r, fep_config *cfg)
     return 0;
 }
 
+/* max_dcus: given, at least the file's DCUs; else those and DCUS_SPARE. */
+static int check_max_dcus(config_reader *r, fep_config *cfg)
+{
+    unsigned k = (unsigned)(directive_find("max_dcus") - directives);
+
+    if (!r->given[k]) {
+        cfg->max_dcus = r->dcu_cap;
+        return 0;
+    }
+    if (cfg->max_dcus >= cfg->n_dcus)
+        return 0;
+    r->line = r->given[k];
+    return reader_fail(r, "max_dcus: %u is less than the %u DCUs of the file",
+                       cfg->max_dcus, cfg->n_dcus);
+}
+
+/* fepd's SID is in the IV of every frame it protects, a DCU's in every
+ * frame the DCU protects: were they equal, both would send under the same
+ * IVs with the DCU's key. */
+static int check_fep_id(config_reader *r, const fep_config *cfg)
+{
+    int i = config_find_dcu(cfg, cfg->sid);
+    unsigned k = (unsigned)(directive_find("fep_id") - directives);
+    char where[32] = "the default";
+
+    if (i < 0)
+        return 0;
+    if (r->given[k])
+        snprintf(where, sizeof where, "line %u", r->given[k]);
+    r->line = cfg->dcus[i].line;
+    return reader_fail(r, "dcu %s: the same id as fep_id (%s): fepd and the "
+                       "DCU would send under the same GCM IVs", cfg->dcus[i].id,
+                       where);
+}
+
 static int config_read(config_reader *r, fep_config *cfg)
 {
     if (count_dcus(r) != 0 || config_allocate(r, cfg) != 0)
@@ -638,15 +719,16 @@ static int config_read(config_reader *r, fep_config *cfg)
     if (cfg->n_dcus == 0)
         return file_fail(r, "no dcu line: at least one DCU must be configured",
                          "");
-    if (index_dcus(r, cfg) != 0)
+    if (index_dcus(r, cfg) != 0 || check_max_dcus(r, cfg) != 0)
         return -1;
     frame_id_set(cfg->sid, cfg->fep_id);
-    return 0;
+    return check_fep_id(r, cfg);
 }
 
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
 {
     config_reader r;
+    const char *why;
     int rc;
 
     memset(cfg, 0, sizeof *cfg);
@@ -654,7 +736,9 @@ int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
     r.path = path;
     r.err = err;
     r.errlen = errlen;
-    r.f = fopen(path, "r");
+    r.f = sys_fopen_regular(path, CONFIG_SIZE_MAX, &why);
+    if (!r.f && why)
+        return file_fail(&r, "cannot read: ", why);
     if (!r.f)
         return file_fail(&r, "cannot open: ", strerror(errno));
     rc = config_read(&r, cfg);

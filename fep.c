@@ -36,6 +36,7 @@
 #define ACCEPTS_PER_PASS 64             /* fairness between new and open sessions */
 #define LINGER_MS_MAX 1000              /* waiting for the peer's close */
 #define SELECT_WAIT_MS_MAX 250          /* how late a signal may be noticed */
+#define METRICS_PASS_BYTES (256 * 1024) /* a metrics response, per loop pass */
 #define POLL_NEVER INT64_MAX
 
 static volatile sig_atomic_t signal_stop, signal_hup, signal_usr1;
@@ -162,9 +163,7 @@ static session *slot_open(fepd *d, enum slot_kind kind, int fd,
 
 static void slot_close(fepd *d, session *s, int64_t now)
 {
-    sess_account(d, s, now);
-    if (d->once && s->kind == KIND_POLL && d->once_pending > 0)
-        d->once_pending--;
+    (void)now;
     sys_close(s->fd);
     s->fd = -1;
     /* The key material does not outlive the session. */
@@ -235,6 +234,37 @@ static void metrics_fill(fepd *d, session *s)
     if (n == 0)
         sess_end(d, s, FEP_OK);
     s->tx_len = n;
+}
+
+/* A response goes out at socket speed: buffers are refilled and written
+ * until the socket is full, up to METRICS_PASS_BYTES a pass, so that a
+ * scrape of 100,000 DCUs neither waits for another wake-up nor holds the
+ * loop away from the sessions. */
+static void metrics_stream(fepd *d, session *s, int64_t now)
+{
+    size_t sent = 0;
+
+    for (;;) {
+        size_t queued;
+
+        metrics_fill(d, s);             /* refills tx once it is empty */
+        queued = s->tx_len - s->tx_off;
+        if (queued == 0 || s->close_now)
+            return;
+        slot_flush(d, s, now);
+        sent += queued - (s->tx_len - s->tx_off);
+        if (s->tx_off < s->tx_len || s->state != SLOT_ACTIVE ||
+            sent >= METRICS_PASS_BYTES)
+            return;
+    }
+}
+
+/* Whether the slot has bytes to write, or a response still to render. */
+static int slot_wants_write(const session *s)
+{
+    return s->state == SLOT_CONNECTING || s->tx_off < s->tx_len ||
+           (s->kind == KIND_METRICS && s->state == SLOT_ACTIVE &&
+            s->exchange_open);
 }
 
 static void metrics_respond(fepd *d, session *s, int status)
@@ -324,7 +354,6 @@ static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
 static void start_poll(fepd *d, int i, int64_t now)
 {
     const dcu_conf *dc = &d->cfg.dcus[i];
-    dcu_state *ds = &d->state.dcus[i];
     int in_progress = 0;
     int fd = sys_connect(&dc->addr, &in_progress);
     session *s;
@@ -332,12 +361,7 @@ static void start_poll(fepd *d, int i, int64_t now)
     if (fd < 0) {
         log_msg(LOG_WARN, "poll %s: connect to %s: %s", dc->id, dc->addr_text,
                 strerror(errno));
-        ds->sessions_failed++;
-        ds->last_error = FEP_ERR_CONNECT;
-        ds->cycle_result = -1;
-        d->stats.sessions_total[KIND_POLL][1]++;
-        if (d->once && d->once_pending > 0)
-            d->once_pending--;
+        sess_result(d, i, KIND_POLL, FEP_ERR_CONNECT);
         return;
     }
     s = SLOT_OPEN(d, KIND_POLL, fd, &dc->addr, now);
@@ -498,14 +522,27 @@ static void slot_io(fepd *d, session *s, int readable, int writable,
         break;
     }
     if (s->kind == KIND_METRICS)
-        metrics_fill(d, s);
-    if (s->state != SLOT_FREE && s->state != SLOT_CONNECTING && !s->close_now)
+        metrics_stream(d, s, now);
+    else if (s->state != SLOT_FREE && s->state != SLOT_CONNECTING &&
+             !s->close_now)
         slot_flush(d, s, now);
 }
 
 /* ------------------------------------------------------------------------
  * Group commit, deadlines, reaping
  * ---------------------------------------------------------------------- */
+
+/* The replay marks the pass's frames raised, then its rows: both durable
+ * before any of its ACKs.  Marks that cannot be saved fail the rows too. */
+static int commit_durable(fepd *d)
+{
+    int marks_ok = !d->state.marks_raised ||
+                   state_save(&d->state, &d->cfg) == 0;
+
+    if (!marks_ok)
+        store_fail_pass(&d->store);
+    return store_commit(&d->store) == 0 && marks_ok;
+}
 
 /* One commit covers every packet read in this pass; frames a DCU sent
  * behind a stored one are taken after it (and committed in turn). */
@@ -527,7 +564,7 @@ static void commit_pass(fepd *d, int64_t now)
                 store_commit(&d->store);
             return;
         }
-        ok = store_commit(&d->store) == 0;
+        ok = commit_durable(d);
         for (i = 0; i < d->n_slots; i++) {
             session *s = &d->slots[i];
             if (s->state != SLOT_STORING)
@@ -625,7 +662,7 @@ static int64_t build_sets(fepd *d, fd_set *rfds, fd_set *wfds, int *maxfd)
 
         if (s->state == SLOT_FREE)
             continue;
-        if (s->state == SLOT_CONNECTING || s->tx_off < s->tx_len)
+        if (slot_wants_write(s))
             add_fd(s->fd, wfds, maxfd);
         if (s->state == SLOT_ACTIVE || (s->state == SLOT_DRAINING && s->shut_wr))
             add_fd(s->fd, rfds, maxfd);
@@ -726,6 +763,7 @@ static void run(fepd *d)
         }
         now = sys_now_ms();
         d->closed_this_pass = 0;
+        d->ended_this_pass = 0;
         if (d->listen_fd >= 0 && FD_ISSET(d->listen_fd, &rfds))
             accept_on(d, d->listen_fd, 0, now);
         if (d->metrics_fd >= 0 && FD_ISSET(d->metrics_fd, &rfds))
@@ -741,7 +779,7 @@ static void run(fepd *d)
             check_deadlines(d, &d->slots[i], now);
             reap(d, &d->slots[i], now);
         }
-        if (d->closed_this_pass > 0 && d->state.dirty)
+        if (d->ended_this_pass > 0 && d->state.dirty)
             state_save(&d->state, &d->cfg);
         if (d->closed_this_pass > 0 && d->poll_waiting)
             d->next_due_ms = now;
@@ -792,10 +830,14 @@ static size_t static_memory(const fepd *d)
 {
     const fep_config *c = &d->cfg;
 
+    const fep_state *st = &d->state;
+
     return sizeof *d + d->n_slots * sizeof(session) +
-           c->n_dcus * (sizeof(dcu_conf) + sizeof(unsigned)) +
-           d->state.n_dcus * sizeof(dcu_state) +
-           d->state.n_keys * sizeof(key_state) + d->state.save_cap;
+           c->max_dcus * (sizeof(dcu_conf) + sizeof(unsigned)) +
+           st->dcus_cap * (sizeof(dcu_state) + sizeof(unsigned)) +
+           st->keys_cap * sizeof(key_state) +
+           st->marks_cap * sizeof(rx_mark) +
+           2 * (size_t)(st->index_mask + 1) * sizeof(uint32_t) + st->buf_cap;
 }
 
 static void install_signals(void)
@@ -816,7 +858,8 @@ static void install_signals(void)
 /* Everything allocated at start-up, in one function; 0, or an exit code. */
 static int start(fepd *d)
 {
-    char err[512];
+    char err[1024];
+    state_start how;
     unsigned i;
 
     /* finish() closes the listeners and the store whatever step failed,
@@ -837,7 +880,9 @@ static int start(fepd *d)
     }
     for (i = 0; i < d->n_slots; i++)
         d->slots[i].fd = -1;
-    if (state_open(&d->state, &d->cfg, err, sizeof err) != 0) {
+    how.fresh = d->fresh_state;
+    how.data_has_rows = d->store.had_rows;
+    if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
     }
@@ -898,11 +943,13 @@ static int once_summary(const fepd *d)
 
 static void usage(FILE *out)
 {
-    fputs("usage: fepd -c FILE [--once | --check] [-v | -q]\n"
+    fputs("usage: fepd -c FILE [--once | --check] [--fresh-state] [-v | -q]\n"
           "  -c FILE    the config file (see README)\n"
           "  --once     one poll cycle of every DCU that has an address, then exit\n"
           "             (exit 1 when a cycle failed)\n"
           "  --check    validate the config and exit\n"
+          "  --fresh-state  start on a new state although the old one is\n"
+          "             lost or damaged: every keyed DCU needs a new key first\n"
           "  -v         more logging: every frame in hex\n"
           "  -q         errors only\n"
           "  -h         this help\n"
@@ -928,6 +975,8 @@ int main(int argc, char **argv)
             d->once = 1;
         } else if (strcmp(argv[i], "--check") == 0) {
             check = 1;
+        } else if (strcmp(argv[i], "--fresh-state") == 0) {
+            d->fresh_state = 1;
         } else if (strcmp(argv[i], "-v") == 0) {
             level++;
         } else if (strcmp(argv[i], "-q") == 0) {

@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/select.h>
@@ -177,6 +178,20 @@ static inline int hex_digit(int c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
+}
+
+/* 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime 0x100000001b3):
+ * the shard of a DCU (DESIGN.md section 3) and fepd's hash indexes. */
+static inline uint64_t fnv1a64(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 0xcbf29ce484222325u;
+
+    while (n-- > 0) {
+        h ^= *b++;
+        h *= 0x100000001b3u;
+    }
+    return h;
 }
 
 /* ------------------------------------------------------------------------
@@ -411,10 +426,20 @@ int sys_write_all(int fd, const void *buf, size_t n);
 int sys_fsync(int fd);
 int sys_rename(const char *from, const char *to);
 int sys_ftruncate(int fd, off_t size);
-/* Creates a directory and its missing parents, as mkdir -p. */
+/* Creates a directory and its missing parents, as mkdir -p, and makes each
+ * new name durable in its parent (fsync of the parent directory). */
 int sys_mkdir(const char *path);
-/* fsync of the directory that holds path, so that a rename is durable. */
+/* fsync of a directory, so that a name made or renamed in it is durable. */
 int sys_fsync_dir(const char *dir);
+/* Opens a file that must be a regular file, without blocking on a FIFO or
+ * a device: the descriptor, -1 with errno, or SYS_NOT_REGULAR (nothing
+ * left open).  *size (when given) is its size at open. */
+#define SYS_NOT_REGULAR (-2)
+int sys_open_regular(const char *path, int flags, int mode, off_t *size);
+/* The same for a file read once at start-up through stdio (the config):
+ * NULL with errno, or with *why set when it is not a regular file or is
+ * larger than max_size.  Closed with fclose; not in the ledger. */
+FILE *sys_fopen_regular(const char *path, off_t max_size, const char **why);
 
 /* Descriptor ledger: descriptors opened and closed through sys_*. */
 typedef struct sys_ledger {
@@ -466,6 +491,8 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define IC_RESERVE_BLOCK 65536          /* ICs reserved on disk ahead of use */
 #define CSV_ROW_MAX 192                 /* longest row of any file, quoting included */
 #define METRICS_REQUEST_MAX 1024        /* a request line and headers */
+#define DCUS_MAX 1000000                /* max_dcus: about 300 bytes each */
+#define DCUS_SPARE 1024                 /* max_dcus default: the file's DCUs + this */
 
 FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_holds_two_frames);
 FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, tx_holds_ack_and_request);
@@ -499,6 +526,7 @@ typedef struct fep_config {
     char data_dir[PATH_SIZE];
     char state_dir[PATH_SIZE];
     unsigned max_sessions;
+    unsigned max_dcus;                  /* DCU table capacity (reload adds up to it) */
     int64_t poll_every_ms;
     int sync_packet;                    /* 1: fsync before every ACK */
     int64_t timeout_connect_ms;
@@ -539,6 +567,7 @@ typedef struct store {
     char dir[PATH_SIZE];
     int sync_packet;
     int pass_failed;                    /* a write of this pass failed */
+    int had_rows;                       /* a file held rows at open: fepd ran here */
     uint64_t rows_pending;              /* rows added since the last commit */
     store_out out[STORE_FILES];
 } store;
@@ -555,6 +584,9 @@ int store_open(store *s, const char *data_dir, int sync_packet, char *err,
  * the pass always follows and clears the failure. */
 int store_add(store *s, const char *dcu_id, uint8_t cmd, const uint8_t *payload,
               size_t len, uint16_t qsn, uint16_t fsn, int64_t received_at);
+/* Fails the pass in progress: its commit cuts its rows back and returns -1
+ * (the replay marks of its frames could not be saved). */
+void store_fail_pass(store *s);
 /* Writes every pending row (one write per file) and, with sync packet, one
  * fsync per file.  0: every row added since the last commit is durable.
  * -1: none of them counts (each file is cut back to its committed size). */
@@ -563,64 +595,99 @@ int store_commit(store *s);
 void store_reopen(store *s);
 void store_close(store *s);
 
-/* ---- state.c: ICs and per-DCU statistics, in state_dir/fepd.{state,journal} ---- */
+/* ---- state.c: ICs, replay marks and per-DCU statistics, in
+ * state_dir/fepd.{state,journal}, and the rollback witness
+ * data_dir/fepd.generation ---- */
 
+#define STATE_KCV_SIZE 8
+
+/* One key fepd has ever used, named by its check value. */
 typedef struct key_state {
-    uint8_t kcv[8];                     /* AES_K(0^128), first 8 bytes: names the key on disk */
+    uint8_t kcv[STATE_KCV_SIZE];        /* AES_K(0^128), first 8 bytes */
     uint32_t tx_ic_next;                /* the next IC fepd sends under this key */
-    uint32_t tx_ic_reserved;            /* ICs below this are reserved on disk */
-} key_state;
+    uint32_t tx_ic_reserved;            /* ICs below this may have been sent */
+} key_state;                            /* 16 bytes */
+
+/* The replay mark of one DCU under one key: every pair ever used is kept,
+ * so that a key that comes back keeps its mark. */
+typedef struct rx_mark {
+    uint8_t dcu[FRAME_ID_SIZE];         /* the DCU's id, padded as on the wire */
+    uint32_t key;                       /* index into keys */
+    uint32_t last_ic;                   /* highest IC accepted; 0 none */
+} rx_mark;                              /* 16 bytes */
 
 typedef struct dcu_state {
-    int key;                            /* index into keys, or -1 when unkeyed */
-    uint32_t rx_ic;                     /* highest IC accepted from this DCU */
+    int32_t key;                        /* index into keys, or -1 when unkeyed */
+    int32_t mark;                       /* index into marks, or -1 when unkeyed */
+    int32_t session;                    /* slot index, or -1 */
     uint16_t next_qsn;
-    uint8_t changed;                    /* rx_ic or statistics not yet written (state_touch) */
-    int session;                        /* slot index, or -1 */
+    uint8_t changed;                    /* lines not yet written (state_touch) */
+    int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
     uint64_t sessions_ok;
     uint64_t sessions_failed;
     uint64_t records;
     fep_err last_error;
-    int cycle_result;                   /* --once: 0 not yet, 1 ok, -1 failed */
 } dcu_state;
 
+/* How state_open treats what it finds. */
+typedef struct state_start {
+    int fresh;                          /* --fresh-state: set the old state aside */
+    int data_has_rows;                  /* data_dir shows an earlier run */
+    int read_only;                      /* --check: load and verify, write nothing */
+} state_start;
+
 typedef struct fep_state {
+    const struct fep_config *cfg;       /* the DCUs the tables are parallel to */
     char path[PATH_SIZE];               /* state_dir/fepd.state (the snapshot) */
     char journal_path[PATH_SIZE];       /* state_dir/fepd.journal */
-    key_state *keys;                    /* one per distinct key, n_keys */
-    unsigned n_keys;
-    dcu_state *dcus;                    /* parallel to cfg->dcus */
-    unsigned n_dcus;
+    char witness_path[PATH_SIZE];       /* data_dir/fepd.generation */
+    key_state *keys;                    /* every key ever used: n_keys of keys_cap */
+    unsigned n_keys, keys_cap;
+    rx_mark *marks;                     /* every (DCU, key) mark: n_marks of marks_cap */
+    unsigned n_marks, marks_cap;
+    uint32_t *key_index;                /* open addressing: keys by KCV */
+    uint32_t *mark_index;               /* open addressing: marks by DCU and key */
+    unsigned index_mask;                /* both indexes have index_mask + 1 slots */
+    dcu_state *dcus;                    /* parallel to cfg->dcus, dcus_cap room */
+    unsigned n_dcus, dcus_cap;
+    uint64_t generation;                /* of the snapshot on disk */
+    uint64_t reservations;              /* tx lines in the journal since it */
     int dirty;                          /* something changed since the last save */
-    unsigned *changed;                  /* DCUs whose dcu_state.changed is set, n_dcus room */
+    int marks_raised;                   /* a mark rose: save before the pass's ACKs */
+    unsigned *changed;                  /* DCUs whose dcu_state.changed is set */
     unsigned n_changed;
     int changed_rescan;                 /* the list lost track: rebuild it from the flags */
     off_t journal_size;                 /* whole lines fepd wrote; -1: compact before appending */
-    size_t snapshot_len;                /* of the last formatted snapshot */
-    char *save_buf;                     /* the snapshot before write, then journal_buf */
-    char *journal_buf;                  /* inside save_buf: journal lines before write */
-    size_t journal_cap;
-    size_t save_cap;                    /* of the whole save_buf allocation */
+    char *buf;                          /* the write buffer (snapshot, journal lines) */
+    size_t buf_cap;
 } fep_state;
 
-/* Allocates the tables once, sized from cfg; loads state_dir/fepd.state and
- * then state_dir/fepd.journal when they exist; reserves a new IC block for
- * every key and writes the snapshot, emptying the journal.  0 or -1. */
-int state_open(fep_state *st, const fep_config *cfg, char *err, size_t errlen);
+/* Allocates the tables once (sized by cfg->max_dcus), loads the snapshot,
+ * the journal and the witness, and refuses (-1, err says what and what the
+ * operator can do) a state that is missing while fepd has run before, or
+ * empty, truncated, damaged, inconsistent or older than the witness.  Then,
+ * unless read_only, reserves a new IC block for every configured key and
+ * writes a new snapshot.  0 or -1. */
+int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
+               char *err, size_t errlen);
 /* The next IC to send under key k; reserves a new block on disk first when
  * needed.  0 when no IC can be had (reservation failed, or exhausted). */
 uint32_t state_take_ic(fep_state *st, unsigned k);
-/* Marks DCU dcu's rx_ic or statistics as changed (and the state dirty):
- * the next state_save writes that DCU's lines. */
+/* DCU dcu's replay mark under its current key (0 when unkeyed). */
+uint32_t state_rx_mark(const fep_state *st, unsigned dcu);
+/* Raises DCU dcu's replay mark to ic: the next state_save makes it durable,
+ * and the loop saves before it sends the ACKs of the pass. */
+void state_rx_raise(fep_state *st, unsigned dcu, uint32_t ic);
+/* Marks DCU dcu's statistics as changed (and the state dirty). */
 void state_touch(fep_state *st, unsigned dcu);
 /* Makes every change durable: appends the lines of the DCUs marked by
- * state_touch to the journal (one write, one fsync).  Writes the whole
- * snapshot atomically and empties the journal when nothing is marked (the
- * save at shutdown), when the journal has outgrown the snapshot, or when the
- * journal is not the file fepd wrote.  0 when every value is on disk; -1
- * (logged) when not, and the marks stay for the next call. */
+ * state_touch to the journal (one write, one fsync); compacts (writes the
+ * whole snapshot, empties the journal) when nothing is marked (the save at
+ * shutdown), when the journal has outgrown the snapshot, or when the journal
+ * is not the file fepd wrote.  0 when every value is on disk; -1 (logged)
+ * when not, and the marks stay for the next call. */
 int state_save(fep_state *st, const fep_config *cfg);
 void state_release(fep_state *st);
 
@@ -635,6 +702,14 @@ enum slot_state {
 };
 
 enum slot_kind { KIND_POLL = 0, KIND_PUSH = 1, KIND_METRICS = 2, KIND_REJECT = 3 };
+
+/* What a frame in SLOT_STORING waits for the pass's commit to do. */
+enum sess_pending {
+    PENDING_NONE = 0,
+    PENDING_ROWS,                       /* its rows are durable: ACK it */
+    PENDING_DUPLICATE,                  /* its mark is durable: ACK it again */
+    PENDING_NEXT_REQUEST                /* its mark is durable: the next request */
+};
 
 /* What a slot's I/O deadline is waiting for; one timer per slot. */
 enum slot_wait {
@@ -689,7 +764,9 @@ typedef struct session {
     uint32_t records;                   /* rows stored in this session */
     unsigned failures;                  /* requests that ended without a reply */
     int close_now;                      /* DRAINING: close without flushing or lingering */
-    /* SLOT_STORING: the packet whose rows await the pass's commit */
+    int accounted;                      /* the exchange ended and was counted */
+    /* SLOT_STORING: the frame whose effect awaits the pass's commit */
+    enum sess_pending pending;
     uint16_t pending_fsn;
     int pending_last;
     int pending_rows;
@@ -725,11 +802,13 @@ typedef struct fepd {
     int poll_waiting;                   /* a due poll waits for a session to end */
     unsigned once_pending;              /* --once: poll cycles not yet finished */
     unsigned closed_this_pass;          /* sessions closed in this loop pass */
+    unsigned ended_this_pass;           /* sessions whose exchange ended in it */
     int listen_fd;                      /* -1 when off */
     int metrics_fd;                     /* -1 when off */
     size_t static_memory_bytes;         /* everything allocated at start-up */
     uint8_t scratch[FRAME_DATA_MAX];    /* the plaintext of the frame at hand */
     int once;                           /* --once */
+    int fresh_state;                    /* --fresh-state */
     int stopping;                       /* no new sessions */
 } fepd;
 
@@ -744,10 +823,14 @@ void sess_poll_connected(fepd *d, session *s);
 void sess_process(fepd *d, session *s);
 /* After the pass's store_commit: ACK (ok) or NACK STORE the pending packet. */
 void sess_committed(fepd *d, session *s, int ok);
-/* Marks the session finished (DRAINING), keeping the first error. */
+/* Marks the session finished (DRAINING); the first call counts its result. */
 void sess_end(fepd *d, session *s, fep_err why);
-/* Statistics, DCU state and the log line of a session being closed. */
+/* Statistics, DCU state and the log line of a session whose exchange is
+ * over (called by sess_end). */
 void sess_account(fepd *d, session *s, int64_t now_ms);
+/* The counters of one session of DCU dcu (-1: none bound), however it
+ * ended, a connect that failed at once included. */
+void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result);
 
 /* ---- metrics.c ---- */
 

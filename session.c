@@ -86,8 +86,13 @@ static void wait_frame(const fepd *d, session *s)
 
 void sess_end(fepd *d, session *s, fep_err why)
 {
-    if (s->result == FEP_OK)
+    if (!s->accounted) {
+        /* The exchange is over: its result counts now, not when the
+         * connection has drained and lingered. */
         s->result = why;
+        s->accounted = 1;
+        sess_account(d, s, sys_now_ms());
+    }
     s->state = SLOT_DRAINING;
     s->wait = WAIT_NONE;
     /* Its exchanges are over: while the last bytes drain and the slot
@@ -266,7 +271,6 @@ static fep_err check_header(fepd *d, session *s, const frame *f)
 static fep_err open_payload(fepd *d, session *s, const frame *f,
                             const uint8_t **payload, size_t *len)
 {
-    dcu_state *ds = &d->state.dcus[s->dcu];
     uint32_t ic;
 
     if (s->key_index < 0) {
@@ -280,10 +284,11 @@ static fep_err open_payload(fepd *d, session *s, const frame *f,
         return FEP_ERR_SECURITY;
     if (frame_open(f, &s->key, d->scratch, len, &ic) != FEP_OK)
         return FEP_ERR_SECURITY;
-    if (ic <= ds->rx_ic)
+    if (ic <= state_rx_mark(&d->state, (unsigned)s->dcu))
         return FEP_ERR_REPLAY;
-    ds->rx_ic = ic;
-    state_touch(&d->state, (unsigned)s->dcu);
+    /* Durable before the frame is acted on: every frame that raised the
+     * mark waits for the pass's commit (SLOT_STORING). */
+    state_rx_raise(&d->state, (unsigned)s->dcu, ic);
     *payload = d->scratch;
     return FEP_OK;
 }
@@ -333,7 +338,25 @@ static void request_refused(fepd *d, session *s, const frame *f,
                 f->cmd == CMD_ACK ? "ACK" : "NACK");
     s->failures++;
     s->exchange_open = 0;
-    next_request(d, s);
+}
+
+/* The frame's effect waits for the pass's commit: its rows, or only the
+ * replay mark it raised, must be durable first (PROTOCOL.md sections 4 and
+ * 5 rule 6).  An unprotected frame with no rows goes on at once. */
+static void await_commit(fepd *d, session *s, const frame *f,
+                         enum sess_pending what, int rows)
+{
+    if (what != PENDING_ROWS && s->key_index < 0) {
+        s->pending = what;
+        sess_committed(d, s, 1);
+        return;
+    }
+    s->pending = what;
+    s->pending_fsn = f->fsn;
+    s->pending_last = (f->ctl & CTL_LAST) != 0;
+    s->pending_rows = rows;
+    s->state = SLOT_STORING;
+    s->wait = WAIT_NONE;
 }
 
 /* ------------------------------------------------------------------------
@@ -357,6 +380,7 @@ static void handle_packet(fepd *d, session *s, const frame *f)
     if (s->kind == KIND_POLL && (f->cmd == CMD_ACK || f->cmd == CMD_NACK) &&
         s->exchange_open && f->qsn == s->qsn) {
         request_refused(d, s, f, payload, len);
+        await_commit(d, s, f, PENDING_NEXT_REQUEST, 0);
         return;
     }
     if (response_to(f->cmd) != 0) {
@@ -378,10 +402,7 @@ static void handle_packet(fepd *d, session *s, const frame *f)
     }
     if (duplicate) {
         /* Its first copy is stored already: acknowledge, do not store. */
-        if (send_frame(d, s, CMD_ACK, f->qsn, f->fsn, NULL, 0) != 0)
-            sess_end(d, s, FEP_ERR_NOSPACE);
-        else
-            wait_frame(d, s);
+        await_commit(d, s, f, PENDING_DUPLICATE, 0);
         return;
     }
     rows = store_add(&d->store, d->cfg.dcus[s->dcu].id, f->cmd, payload, len,
@@ -390,17 +411,21 @@ static void handle_packet(fepd *d, session *s, const frame *f)
         nack_and_end(d, s, f, FEP_ERR_STORE);
         return;
     }
-    s->pending_fsn = f->fsn;
-    s->pending_last = (f->ctl & CTL_LAST) != 0;
-    s->pending_rows = rows;
-    s->state = SLOT_STORING;
-    s->wait = WAIT_NONE;
+    await_commit(d, s, f, PENDING_ROWS, rows);
+}
+
+/* The bytes of a frame that are in the buffer: a header whose LEN is out
+ * of range was consumed alone, and its LEN says nothing of what follows. */
+static size_t frame_bytes_held(frame_result r, const frame *f)
+{
+    return r == FRAME_BAD_LENGTH ? FRAME_HEADER_SIZE
+                                 : FRAME_HEADER_SIZE + (size_t)f->len;
 }
 
 static void handle_frame(fepd *d, session *s, frame_result r, const frame *f)
 {
     d->stats.frames_received++;
-    log_hex("received", f->raw, FRAME_HEADER_SIZE + (size_t)f->len);
+    log_hex("received", f->raw, frame_bytes_held(r, f));
     if (r != FRAME_READY && s->dcu < 0)
         address_claimed(d, s, f);
     if (r == FRAME_BAD_LENGTH) {
@@ -441,19 +466,9 @@ void sess_process(fepd *d, session *s)
     }
 }
 
-/* After the pass's commit: the packet's rows are durable (ok) or not. */
-void sess_committed(fepd *d, session *s, int ok)
+/* A packet's rows are durable: count them, ACK, and go on. */
+static void rows_committed(fepd *d, session *s)
 {
-    frame f;
-
-    s->state = SLOT_ACTIVE;
-    if (!ok) {
-        memset(&f, 0, sizeof f);
-        f.qsn = s->qsn;
-        f.fsn = s->pending_fsn;
-        nack_and_end(d, s, &f, FEP_ERR_STORE);
-        return;
-    }
     s->records += (uint32_t)s->pending_rows;
     d->stats.records_stored += (uint64_t)s->pending_rows;
     d->state.dcus[s->dcu].records += (uint64_t)s->pending_rows;
@@ -475,38 +490,83 @@ void sess_committed(fepd *d, session *s, int ok)
         sess_end(d, s, FEP_OK);
 }
 
-/* Accounts for a session that is being closed: statistics, the DCU's state,
- * one log line.  Called once, by fep.c slot_close. */
-void sess_account(fepd *d, session *s, int64_t now_ms)
+/* After the pass's commit: what the frame awaited is durable (ok) or not. */
+void sess_committed(fepd *d, session *s, int ok)
 {
-    int ok = s->result == FEP_OK;
-    const char *kind = kind_name(s);
-    char name[FRAME_ID_SIZE + 1];
-    const char *id = peer_name(d, s, name);
-    char peer[80];
+    enum sess_pending what = s->pending;
+    frame f;
 
-    if (s->kind != KIND_POLL && s->kind != KIND_PUSH)
+    s->state = SLOT_ACTIVE;
+    s->pending = PENDING_NONE;
+    if (!ok && what == PENDING_NEXT_REQUEST) {
+        sess_end(d, s, FEP_ERR_STORE);  /* no NACK answers a NACK */
         return;
-    d->stats.sessions_total[s->kind][ok ? 0 : 1]++;
-    sys_addr_str(&s->peer, peer, sizeof peer);
-    if (s->dcu >= 0) {
-        dcu_state *ds = &d->state.dcus[s->dcu];
+    }
+    if (!ok) {
+        memset(&f, 0, sizeof f);
+        f.qsn = s->qsn;
+        f.fsn = s->pending_fsn;
+        nack_and_end(d, s, &f, FEP_ERR_STORE);
+        return;
+    }
+    switch (what) {
+    case PENDING_ROWS:
+        rows_committed(d, s);
+        break;
+    case PENDING_DUPLICATE:
+        if (send_frame(d, s, CMD_ACK, s->qsn, s->acked_fsn, NULL, 0) != 0)
+            sess_end(d, s, FEP_ERR_NOSPACE);
+        else
+            wait_frame(d, s);
+        break;
+    case PENDING_NEXT_REQUEST:
+        next_request(d, s);
+        break;
+    case PENDING_NONE:
+        break;
+    }
+}
+
+/* The end of one session of DCU dcu, however it ended (connect refused at
+ * once included): the counters, the DCU's statistics, --once's count. */
+void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result)
+{
+    int ok = result == FEP_OK;
+
+    d->stats.sessions_total[kind][ok ? 0 : 1]++;
+    d->ended_this_pass++;
+    if (d->once && kind == KIND_POLL && d->once_pending > 0)
+        d->once_pending--;
+    if (dcu >= 0) {
+        dcu_state *ds = &d->state.dcus[dcu];
         if (ok) {
             ds->sessions_ok++;
             ds->last_success_s = sys_wall_s();
         } else {
             ds->sessions_failed++;
-            ds->last_error = s->result;
+            ds->last_error = result;
         }
-        if (s->kind == KIND_POLL)
-            ds->cycle_result = ok ? 1 : -1;
-        if (ds->session == (int)(s - d->slots))
-            ds->session = -1;
-        state_touch(&d->state, (unsigned)s->dcu);
+        if (kind == KIND_POLL)
+            ds->cycle_result = (int8_t)(ok ? 1 : -1);
+        state_touch(&d->state, (unsigned)dcu);
     }
+}
+
+/* Accounts for a session whose exchange is over: statistics, the DCU's
+ * state, one log line.  Called once, by sess_end. */
+void sess_account(fepd *d, session *s, int64_t now_ms)
+{
+    int ok = s->result == FEP_OK;
+    char name[FRAME_ID_SIZE + 1];
+    char peer[80];
+
+    if (s->kind != KIND_POLL && s->kind != KIND_PUSH)
+        return;
+    sess_result(d, s->dcu, s->kind, s->result);
+    sys_addr_str(&s->peer, peer, sizeof peer);
     log_msg(ok ? LOG_INFO : LOG_WARN,
-            "session %s %s peer %s %s%s%s records=%u duration_ms=%lld", kind,
-            id, peer, ok ? "ok" : "error", ok ? "" : ": ",
-            ok ? "" : fep_strerror(s->result), (unsigned)s->records,
-            (long long)(now_ms - s->opened_ms));
+            "session %s %s peer %s %s%s%s records=%u duration_ms=%lld",
+            kind_name(s), peer_name(d, s, name), peer, ok ? "ok" : "error",
+            ok ? "" : ": ", ok ? "" : fep_strerror(s->result),
+            (unsigned)s->records, (long long)(now_ms - s->opened_ms));
 }

@@ -1,59 +1,69 @@
 /*
- * state.c -- invocation counters and per-DCU statistics, and the files that
- * keep them across restarts: the snapshot state_dir/fepd.state and the
- * journal state_dir/fepd.journal beside it.
+ * state.c -- what fepd must never forget: the invocation counters (ICs) it
+ * sends under each key, the replay mark of each DCU under each key, and the
+ * per-DCU statistics; the files that keep them across restarts, the
+ * snapshot state_dir/fepd.state and the journal state_dir/fepd.journal
+ * beside it; and the rollback witness data_dir/fepd.generation.
  *
- * Owns: the state tables (keys, dcus), the list of changed DCUs and
- * save_buf (the snapshot image, then the journal buffer), allocated once in
- * state_open and freed in state_release, and the two files.  Must not
- * touch: sessions, sockets, the CSV files.  Every file operation goes
- * through the sys.c seam.
+ * Owns: the state tables (keys, marks, their two hash indexes, dcus, the
+ * list of changed DCUs) and the write buffer, allocated once in state_open
+ * and freed in state_release; the three files.  Must not touch: sessions,
+ * sockets, the CSV files.  Every file operation goes through the sys.c seam.
  *
- * ICs (PROTOCOL.md section 4).  An IC must never be used twice under one
- * key, across crashes too, so ICs are handed out from a block reserved on
- * disk first: the file says "ICs below RESERVED may have been used", and a
- * restart goes on from RESERVED.  DCUs that share a key share one sequence,
- * because the IV holds fepd's SID, not the DCU's.  A key is named on disk by
- * its check value (the first 8 bytes of AES_K(0^128)), never by the key; a
- * line whose key is no longer configured is ignored, so a changed key
- * starts again at IC 1 with fresh replay protection.
+ * Why it is shaped this way (PROTOCOL.md section 4).  Reusing an IC under a
+ * key reuses a GCM IV, which breaks secrecy and authenticity under that key;
+ * accepting an IC twice accepts a replayed frame.  So:
  *
- * File format (both files): text, one record a line, '#' comments:
- *   tx KCV RESERVED                                  (one per key, first)
- *   rx DCU KCV LAST_IC                               (highest IC accepted)
- *   dcu DCU LAST_SUCCESS_S OK FAILED RECORDS         (statistics)
+ *  - ICs are handed out from a block reserved on disk first: a "tx KCV
+ *    RESERVED" line says "ICs below RESERVED may have been sent", and a
+ *    restart goes on from RESERVED.  DCUs that share a key share one
+ *    sequence, because the IV holds fepd's SID, not the DCU's.
+ *  - Every key fepd has used, and every DCU's mark under every key, is kept
+ *    for as long as the state exists, whether the key is configured now or
+ *    not: a key that comes back continues its IC and its marks.  A key is
+ *    named on disk by its check value (KCV, the first 8 bytes of
+ *    AES_K(0^128)), never by the key.  The tables are bounded (2 x max_dcus
+ *    keys, 2 x max_dcus marks): a state or a config that needs more is
+ *    refused, never cut.
+ *  - A replay mark is made durable (a journal append and its fsync, once
+ *    per loop pass) before the ACKs of the pass go out.
+ *  - A state that could be older than what fepd did is refused: missing
+ *    while data_dir or state_dir shows an earlier run, empty, without its
+ *    header or its end line, with a line fepd cannot account for, a journal
+ *    newer than its snapshot, a snapshot without its journal, or a state
+ *    older than the witness.  The only way past is --fresh-state, an
+ *    explicit act whose cost fepd(8) states (new keys for every DCU).
+ *
+ * Snapshot (written whole, atomically: temporary, fsync, rename, fsync of
+ * the directory):
+ *     # comments
+ *     fepd-state 2 GENERATION
+ *     tx KCV RESERVED                           every key
+ *     rx DCU KCV LAST_IC                        every mark above 0
+ *     dcu DCU LAST_SUCCESS_S OK FAILED RECORDS  configured DCUs with statistics
+ *     end RECORDS                               the number of lines above
+ * Journal (appended, one fsync per append):
+ *     fepd-journal 2 GENERATION                 of the snapshot it extends
+ *     rx ... | dcu ... | tx ...                 in the order they happened
  * Loading reads the snapshot, then the journal's lines in order: a later
- * dcu line replaces an earlier one, an rx line only ever raises LAST_IC.
+ * dcu line replaces an earlier one; rx and tx lines only ever raise.  A
+ * journal of an older generation is one whose emptying a crash cut short
+ * (its values are all in the newer snapshot): it is ignored.  A torn last
+ * journal line is an append cut short: it is skipped.
  *
- * A save costs what changed, not what is configured: the loop saves after
- * every pass that ends sessions, and a snapshot holds every DCU.
- * state_touch marks a DCU and lists it; state_save appends the lines of the
- * listed DCUs to the journal (one write, one fsync) and clears the marks.
- * The snapshot is rewritten (a compaction) only at start-up, when nothing
- * is marked (the save at shutdown), when the journal has outgrown
- * max(JOURNAL_BOUND_MIN, the snapshot), or when the journal is not the
- * file fepd wrote.  A compaction writes the whole snapshot and only then
- * empties the journal.  Journal lines are whole records, so an append cut
- * short by a crash loses at most its torn last line, which loading skips;
- * a failed append is cut back to the journal's last good size (the next
- * one would otherwise run into it).  The journal is opened for each save
- * only: fepd holds no descriptor of it between saves (fep.c prints its
- * descriptor ledger at shutdown before state_release), and a journal
- * removed or replaced under fepd is noticed at the next append.
+ * Witness: "fepd-generation GENERATION RESERVATIONS", rewritten atomically
+ * after every snapshot and every block reservation, so it is never ahead of
+ * the state.  A state_dir restored from a backup has an older generation,
+ * or fewer reservations in its journal, than the witness says: refused.
+ * The witness cannot see marks lost by a journal cut by hand between two
+ * reservations; fepd(8) says so.
  *
- * The tx lines come first in the snapshot and have a fixed width, so that
- * state_take_ic, which has no config at hand, can reserve a block by
- * changing its tx line in the last formatted image and writing that again.
- * That image may be older than the journal, which is why a reservation
- * leaves the journal alone: every other value only grows, and whatever
- * changed since the image was formatted is in the journal (or still marked,
- * as it would be without a reservation).  The snapshot is replaced
- * atomically (write a temporary, fsync, rename, fsync the directory).
- *
- * A crash between writing the snapshot and emptying the journal leaves a
- * journal that repeats the snapshot's values, not older ones: marked DCUs
- * are appended before a compaction, so each DCU's last journal line says
- * what the new snapshot says.
+ * A save costs what changed, not what is configured: state_touch and
+ * state_rx_raise list a DCU; state_save appends the listed DCUs' lines.
+ * The snapshot is rewritten (a compaction) at start-up, at shutdown, when
+ * the journal has outgrown max(JOURNAL_BOUND_MIN, the snapshot), or when
+ * the journal is not the file fepd wrote.  Version 1 files (no header, no
+ * end line) are read once and rewritten as version 2.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -61,51 +71,45 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fep.h"
 
 #define STATE_NAME "fepd.state"
 #define JOURNAL_NAME "fepd.journal"
-#define STATE_TMP_SUFFIX ".tmp"
+#define WITNESS_NAME "fepd.generation"
+#define TMP_SUFFIX ".tmp"
+#define LOST_SUFFIX_MAX 32              /* ".lost-YYYYMMDDTHHMMSSZ" */
+#define STATE_FORMAT 2
+#define STATE_MAGIC "fepd-state"
+#define JOURNAL_MAGIC "fepd-journal"
+#define WITNESS_MAGIC "fepd-generation"
+#define V1_HEADER "# fepd state, replaced atomically by fepd; do not edit " \
+                  "while it runs."
 /* The journal is folded into the snapshot once it is larger than this and
  * than the snapshot: appends then cost at most as much again in snapshot
  * writes, and a small configuration does not compact every few passes. */
 #define JOURNAL_BOUND_MIN (64 * 1024)
-/* The journal buffer: more changed lines than fit are written in pieces. */
-#define JOURNAL_BUF_MAX (64 * 1024)
+#define STATE_BUF_SIZE (64 * 1024)      /* snapshot and journal writes */
 #define IC_NONE 0xFFFFFFFFu             /* never used: the key is exhausted */
-#define KCV_SIZE 8
-FEP_STATIC_ASSERT(sizeof ((key_state *)0)->kcv == KCV_SIZE, kcv_size);
-
-/* "tx " KCV16 " " RESERVED (10 digits, zero-padded) "\n" */
-#define STATE_TX_LINE (3 + 2 * KCV_SIZE + 1 + 10 + 1)
-/* "rx " DCU " " KCV16 " " LAST_IC "\n" */
-#define STATE_RX_LINE_MAX (3 + FRAME_ID_SIZE + 1 + 2 * KCV_SIZE + 1 + 10 + 1)
-/* "dcu " DCU, four numbers of up to 20 digits each after a space, "\n" */
-#define STATE_DCU_LINE_MAX (4 + FRAME_ID_SIZE + 4 * 21 + 1)
-/* The longest line accepted when loading (others are malformed). */
-#define STATE_LINE_MAX 255
+#define STATE_LINE_MAX 255              /* longer lines are malformed */
 #define STATE_FIELDS_MAX 6
-#define STATE_ERR_SIZE (PATH_SIZE + 128)
-/* Both lines of one DCU, the most a journal entry takes. */
-#define JOURNAL_ENTRY_MAX (STATE_RX_LINE_MAX + STATE_DCU_LINE_MAX)
-FEP_STATIC_ASSERT(JOURNAL_BUF_MAX >= JOURNAL_ENTRY_MAX, journal_buf_holds_one);
-/* state_path_set checks the longest name, the snapshot's temporary. */
-FEP_STATIC_ASSERT(sizeof JOURNAL_NAME <= sizeof STATE_NAME STATE_TMP_SUFFIX,
-                  journal_path_fits);
+#define STATE_ERR_SIZE (PATH_SIZE + 256)
+#define WITNESS_SIZE_MAX 128
+#define LINE_ROOM 128                   /* any one line fepd writes */
+#define REFUSE_ADVICE "fepd will not start on this state: it could reuse " \
+    "GCM IVs and accept replayed frames. Restore the right state_dir, or, " \
+    "if it is lost for good, give every keyed DCU a new key and start " \
+    "once with --fresh-state (see fepd(8), STATE)"
 
-static const char state_header[] =
-    "# fepd state, replaced atomically by fepd; do not edit while it runs.\n"
-    "# tx KCV RESERVED | rx DCU KCV LAST_IC | "
-    "dcu DCU LAST_SUCCESS_S OK FAILED RECORDS\n";
-#define STATE_HEADER_LEN (sizeof state_header - 1)
+FEP_STATIC_ASSERT(STATE_BUF_SIZE >= 2 * LINE_ROOM, state_buf_holds_lines);
 
 /* ------------------------------------------------------------------------
- * Keys
+ * Keys, marks and their indexes
  * ---------------------------------------------------------------------- */
 
-static void kcv_of(const uint8_t key[KEY_SIZE], uint8_t kcv[KCV_SIZE])
+static void kcv_of(const uint8_t key[KEY_SIZE], uint8_t kcv[STATE_KCV_SIZE])
 {
     static const uint8_t zero[16];
     uint8_t block[16];
@@ -113,58 +117,80 @@ static void kcv_of(const uint8_t key[KEY_SIZE], uint8_t kcv[KCV_SIZE])
 
     aes128_init(&aes, key);
     aes128_encrypt(&aes, zero, block);
-    memcpy(kcv, block, KCV_SIZE);
+    memcpy(kcv, block, STATE_KCV_SIZE);
     memset(&aes, 0, sizeof aes);
+    memset(block, 0, sizeof block);
 }
 
-/* A keyed DCU and its key, sorted so that DCUs sharing a key are adjacent. */
-struct key_ref {
-    uint8_t key[KEY_SIZE];
-    unsigned dcu;
-};
-
-static int key_ref_cmp(const void *a, const void *b)
+/* The slot of kcv in key_index: where it is, or the empty slot where it
+ * goes.  The index has more slots than the table can hold: a probe ends. */
+static uint32_t *key_slot(const fep_state *st, const uint8_t kcv[STATE_KCV_SIZE])
 {
-    const struct key_ref *x = a, *y = b;
-    int c = memcmp(x->key, y->key, KEY_SIZE);
+    uint64_t h = fnv1a64(kcv, STATE_KCV_SIZE);
 
-    if (c != 0)
-        return c;
-    return x->dcu < y->dcu ? -1 : x->dcu > y->dcu;
+    for (;; h++) {
+        uint32_t *slot = &st->key_index[h & st->index_mask];
+        if (*slot == 0 ||
+            memcmp(st->keys[*slot - 1].kcv, kcv, STATE_KCV_SIZE) == 0)
+            return slot;
+    }
 }
 
-/*
- * Sets every dcus[i].key (DCUs with the same key share one index, so one IC
- * sequence) and returns the number of distinct keys, or -1 when out of
- * memory.  Sorting makes it O(n log n): 100,000 keyed DCUs take
- * milliseconds, where comparing each with every other took half a minute.
- */
-static int keys_assign(const fep_config *cfg, dcu_state *d)
+static uint32_t *mark_slot(const fep_state *st, const uint8_t dcu[FRAME_ID_SIZE],
+                           uint32_t key)
 {
-    struct key_ref *refs;
-    unsigned i, n = 0;
-    int n_keys = 0;
+    uint8_t name[FRAME_ID_SIZE + 4];
+    uint64_t h;
 
-    refs = malloc((cfg->n_dcus ? cfg->n_dcus : 1) * sizeof *refs);
-    if (refs == NULL)
+    memcpy(name, dcu, FRAME_ID_SIZE);
+    put_u32be(name + FRAME_ID_SIZE, key);
+    for (h = fnv1a64(name, sizeof name);; h++) {
+        uint32_t *slot = &st->mark_index[h & st->index_mask];
+        const rx_mark *m;
+        if (*slot == 0)
+            return slot;
+        m = &st->marks[*slot - 1];
+        if (m->key == key && memcmp(m->dcu, dcu, FRAME_ID_SIZE) == 0)
+            return slot;
+    }
+}
+
+/* The key with check value kcv, added (IC 1, nothing reserved) when new;
+ * -1 when the table is full. */
+static int key_get(fep_state *st, const uint8_t kcv[STATE_KCV_SIZE])
+{
+    uint32_t *slot = key_slot(st, kcv);
+    key_state *k;
+
+    if (*slot != 0)
+        return (int)(*slot - 1);
+    if (st->n_keys == st->keys_cap)
         return -1;
-    for (i = 0; i < cfg->n_dcus; i++) {
-        d[i].key = -1;
-        d[i].session = -1;
-        if (!cfg->dcus[i].has_key)
-            continue;
-        memcpy(refs[n].key, cfg->dcus[i].key, KEY_SIZE);
-        refs[n++].dcu = i;
-    }
-    qsort(refs, n, sizeof *refs, key_ref_cmp);
-    for (i = 0; i < n; i++) {
-        if (i > 0 && memcmp(refs[i].key, refs[i - 1].key, KEY_SIZE) != 0)
-            n_keys++;
-        d[refs[i].dcu].key = n_keys;
-    }
-    memset(refs, 0, n * sizeof *refs);  /* key material */
-    free(refs);
-    return n > 0 ? n_keys + 1 : 0;
+    k = &st->keys[st->n_keys];
+    memcpy(k->kcv, kcv, STATE_KCV_SIZE);
+    k->tx_ic_next = 1;
+    k->tx_ic_reserved = 1;
+    *slot = ++st->n_keys;
+    return (int)(*slot - 1);
+}
+
+/* The mark of dcu under key, added (0) when new; -1 when the table is full. */
+static int mark_get(fep_state *st, const uint8_t dcu[FRAME_ID_SIZE],
+                    uint32_t key)
+{
+    uint32_t *slot = mark_slot(st, dcu, key);
+    rx_mark *m;
+
+    if (*slot != 0)
+        return (int)(*slot - 1);
+    if (st->n_marks == st->marks_cap)
+        return -1;
+    m = &st->marks[st->n_marks];
+    memcpy(m->dcu, dcu, FRAME_ID_SIZE);
+    m->key = key;
+    m->last_ic = 0;
+    *slot = ++st->n_marks;
+    return (int)(*slot - 1);
 }
 
 /* The end of a block reserved from next on; IC_NONE itself is never used. */
@@ -199,8 +225,7 @@ static char *put_hex(char *p, const uint8_t *b, size_t n)
     return p;
 }
 
-/* v in decimal, at least `width` digits (zero-padded). */
-static char *put_u64(char *p, uint64_t v, unsigned width)
+static char *put_u64(char *p, uint64_t v)
 {
     char digits[20];
     unsigned n = 0;
@@ -209,39 +234,46 @@ static char *put_u64(char *p, uint64_t v, unsigned width)
         digits[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v != 0);
-    while (width > n) {
-        *p++ = '0';
-        width--;
-    }
     while (n > 0)
         *p++ = digits[--n];
     return p;
 }
 
-/* Exactly STATE_TX_LINE bytes. */
-static void tx_line_put(char *p, const key_state *k)
+static char *put_id(char *p, const uint8_t id[FRAME_ID_SIZE])
+{
+    char text[FRAME_ID_SIZE + 1];
+
+    frame_id_str(id, text);
+    return put_str(p, text);
+}
+
+static char *header_put(char *p, const char *magic, uint64_t generation)
+{
+    p = put_str(p, magic);
+    p = put_str(p, " 2 ");
+    p = put_u64(p, generation);
+    *p++ = '\n';
+    return p;
+}
+
+static char *tx_line_put(char *p, const key_state *k)
 {
     p = put_str(p, "tx ");
-    p = put_hex(p, k->kcv, KCV_SIZE);
+    p = put_hex(p, k->kcv, STATE_KCV_SIZE);
     *p++ = ' ';
-    p = put_u64(p, k->tx_ic_reserved, 10);
-    *p = '\n';
+    p = put_u64(p, k->tx_ic_reserved);
+    *p++ = '\n';
+    return p;
 }
 
-static char *tx_line_at(const fep_state *st, unsigned k)
-{
-    return st->save_buf + STATE_HEADER_LEN + (size_t)k * STATE_TX_LINE;
-}
-
-static char *rx_line_put(char *p, const fep_state *st, const dcu_conf *c,
-                         const dcu_state *d)
+static char *rx_line_put(char *p, const fep_state *st, const rx_mark *m)
 {
     p = put_str(p, "rx ");
-    p = put_str(p, c->id);
+    p = put_id(p, m->dcu);
     *p++ = ' ';
-    p = put_hex(p, st->keys[d->key].kcv, KCV_SIZE);
+    p = put_hex(p, st->keys[m->key].kcv, STATE_KCV_SIZE);
     *p++ = ' ';
-    p = put_u64(p, d->rx_ic, 0);
+    p = put_u64(p, m->last_ic);
     *p++ = '\n';
     return p;
 }
@@ -258,52 +290,182 @@ static char *dcu_line_put(char *p, const dcu_conf *c, const dcu_state *d)
     p = put_str(p, c->id);
     *p++ = ' ';
     /* A wall-clock time before 1970 is a clock error: written as never. */
-    p = put_u64(p, d->last_success_s > 0 ? (uint64_t)d->last_success_s : 0, 0);
+    p = put_u64(p, d->last_success_s > 0 ? (uint64_t)d->last_success_s : 0);
     *p++ = ' ';
-    p = put_u64(p, d->sessions_ok, 0);
+    p = put_u64(p, d->sessions_ok);
     *p++ = ' ';
-    p = put_u64(p, d->sessions_failed, 0);
+    p = put_u64(p, d->sessions_failed);
     *p++ = ' ';
-    p = put_u64(p, d->records, 0);
+    p = put_u64(p, d->records);
     *p++ = '\n';
     return p;
 }
 
-/* The whole file into save_buf, NUL-terminated; returns its length.
- * save_cap was sized in state_open for every line at its longest. */
-static size_t state_format(fep_state *st, const fep_config *cfg)
-{
-    char *p = put_str(st->save_buf, state_header);
-    unsigned i;
-
-    for (i = 0; i < st->n_keys; i++)
-        tx_line_put(tx_line_at(st, i), &st->keys[i]);
-    p = tx_line_at(st, st->n_keys);
-    for (i = 0; i < st->n_dcus; i++)
-        if (st->dcus[i].key >= 0 && st->dcus[i].rx_ic > 0)
-            p = rx_line_put(p, st, &cfg->dcus[i], &st->dcus[i]);
-    for (i = 0; i < st->n_dcus; i++)
-        if (dcu_has_stats(&st->dcus[i]))
-            p = dcu_line_put(p, &cfg->dcus[i], &st->dcus[i]);
-    *p = '\0';
-    return (size_t)(p - st->save_buf);
-}
-
-/* DCU i's lines as the snapshot would have them. */
-static char *journal_entry_put(char *p, const fep_state *st,
-                               const fep_config *cfg, unsigned i)
+/* DCU i's lines as the snapshot has them. */
+static char *dcu_entry_put(char *p, const fep_state *st, unsigned i)
 {
     const dcu_state *d = &st->dcus[i];
 
-    if (d->key >= 0 && d->rx_ic > 0)
-        p = rx_line_put(p, st, &cfg->dcus[i], d);
+    if (d->mark >= 0 && st->marks[d->mark].last_ic > 0)
+        p = rx_line_put(p, st, &st->marks[d->mark]);
     if (dcu_has_stats(d))
-        p = dcu_line_put(p, &cfg->dcus[i], d);
+        p = dcu_line_put(p, &st->cfg->dcus[i], d);
     return p;
 }
 
 /* ------------------------------------------------------------------------
- * Marks
+ * Writing: a buffered writer over one descriptor
+ * ---------------------------------------------------------------------- */
+
+typedef struct writer {
+    fep_state *st;
+    int fd;
+    size_t used;                        /* bytes in st->buf */
+    off_t total;                        /* bytes written through it */
+    int failed;                         /* a write failed; errno says why */
+} writer;
+
+static void writer_flush(writer *w)
+{
+    if (w->failed || w->used == 0)
+        return;
+    if (sys_write_all(w->fd, w->st->buf, w->used) != 0)
+        w->failed = 1;
+    w->total += (off_t)w->used;
+    w->used = 0;
+}
+
+/* Where the next line goes: room for LINE_ROOM bytes. */
+static char *writer_at(writer *w)
+{
+    if (w->st->buf_cap - w->used < LINE_ROOM)
+        writer_flush(w);
+    return w->st->buf + w->used;
+}
+
+static void writer_put(writer *w, char *end)
+{
+    w->used = (size_t)(end - w->st->buf);
+}
+
+/* buf written through w, synced and closed; -1 with errno and *what. */
+static int writer_finish(writer *w, const char **what)
+{
+    int saved;
+
+    *what = "write";
+    writer_flush(w);
+    if (!w->failed) {
+        *what = "fsync";
+        if (sys_fsync(w->fd) == 0) {
+            *what = "close";
+            return sys_close(w->fd);
+        }
+    }
+    saved = errno;
+    sys_close(w->fd);
+    errno = saved;
+    return -1;
+}
+
+/* The parent directory of a path that ends in "/" name. */
+static void dir_of(const char *path, char dir[PATH_SIZE])
+{
+    size_t n = strlen(path);
+
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    if (n > 1)
+        n--;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+}
+
+/* Replaces path with what fill writes, atomically.  -1 with errno, *what. */
+static int file_replace(fep_state *st, const char *path,
+                        void (*fill)(writer *w), const char **what)
+{
+    char tmp[PATH_SIZE + sizeof TMP_SUFFIX], dir[PATH_SIZE];
+    writer w;
+
+    strcpy(tmp, path);
+    strcat(tmp, TMP_SUFFIX);
+    memset(&w, 0, sizeof w);
+    w.st = st;
+    *what = "open";
+    w.fd = sys_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (w.fd < 0)
+        return -1;
+    fill(&w);
+    if (writer_finish(&w, what) != 0)
+        return -1;
+    *what = "rename";
+    if (sys_rename(tmp, path) != 0)
+        return -1;
+    *what = "fsync directory";
+    dir_of(path, dir);
+    return sys_fsync_dir(dir);
+}
+
+static const char snapshot_comment[] =
+    "# fepd state: ICs reserved per key, replay marks, DCU statistics.\n"
+    "# Written by fepd; never edit it, never restore it from a backup.\n";
+
+static void snapshot_fill(writer *w)
+{
+    fep_state *st = w->st;
+    uint64_t records = 0;
+    unsigned i;
+    char *p;
+
+    writer_put(w, put_str(writer_at(w), snapshot_comment));
+    writer_put(w, header_put(writer_at(w), STATE_MAGIC, st->generation + 1));
+    for (i = 0; i < st->n_keys; i++, records++)
+        writer_put(w, tx_line_put(writer_at(w), &st->keys[i]));
+    for (i = 0; i < st->n_marks; i++) {
+        if (st->marks[i].last_ic == 0)
+            continue;
+        writer_put(w, rx_line_put(writer_at(w), st, &st->marks[i]));
+        records++;
+    }
+    for (i = 0; i < st->n_dcus; i++) {
+        if (!dcu_has_stats(&st->dcus[i]))
+            continue;
+        writer_put(w, dcu_line_put(writer_at(w), &st->cfg->dcus[i],
+                                   &st->dcus[i]));
+        records++;
+    }
+    p = put_u64(put_str(writer_at(w), "end "), records);
+    *p++ = '\n';
+    writer_put(w, p);
+}
+
+static void witness_fill(writer *w)
+{
+    char *p = writer_at(w);
+
+    p = put_str(p, WITNESS_MAGIC " ");
+    p = put_u64(p, w->st->generation);
+    *p++ = ' ';
+    p = put_u64(p, w->st->reservations);
+    *p++ = '\n';
+    writer_put(w, p);
+}
+
+/* The witness follows the state, never leads it: written only after what
+ * it names is durable.  A failure is logged; the state is sound without. */
+static void witness_write(fep_state *st)
+{
+    const char *what;
+
+    if (file_replace(st, st->witness_path, witness_fill, &what) != 0)
+        log_msg(LOG_ERROR, "%s: %s: %s (the state is saved; the rollback "
+                "witness is behind it until the next save)", st->witness_path,
+                what, strerror(errno));
+}
+
+/* ------------------------------------------------------------------------
+ * Marks of changed DCUs
  * ---------------------------------------------------------------------- */
 
 void state_touch(fep_state *st, unsigned dcu)
@@ -319,7 +481,7 @@ void state_touch(fep_state *st, unsigned dcu)
     d->changed = 1;
     /* Each DCU is listed once while marked, so the list has room, unless
      * someone cleared a mark behind state.c's back: then the flags rule. */
-    if (st->changed != NULL && st->n_changed < st->n_dcus)
+    if (st->n_changed < st->dcus_cap)
         st->changed[st->n_changed++] = dcu;
     else
         st->changed_rescan = 1;
@@ -345,62 +507,22 @@ static void marks_clear(fep_state *st)
     st->n_changed = 0;
 }
 
-/* ------------------------------------------------------------------------
- * Writing the snapshot
- * ---------------------------------------------------------------------- */
-
-/* The directory that holds st->path, which ends in "/" STATE_NAME. */
-static void state_dir_of(const fep_state *st, char dir[PATH_SIZE])
+uint32_t state_rx_mark(const fep_state *st, unsigned dcu)
 {
-    size_t n = strlen(st->path) - strlen("/" STATE_NAME);
+    const dcu_state *d = &st->dcus[dcu];
 
-    memcpy(dir, st->path, n);
-    dir[n] = '\0';
+    return d->mark >= 0 ? st->marks[d->mark].last_ic : 0;
 }
 
-/* buf[0..len) into a new file at path, synced and closed; -1 with errno. */
-static int file_write_synced(const char *path, const char *buf, size_t len,
-                             const char **what)
+void state_rx_raise(fep_state *st, unsigned dcu, uint32_t ic)
 {
-    int fd, saved;
+    dcu_state *d = &st->dcus[dcu];
 
-    *what = "open";
-    fd = sys_open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return -1;
-    *what = "write";
-    if (sys_write_all(fd, buf, len) == 0) {
-        *what = "fsync";
-        if (sys_fsync(fd) == 0) {
-            *what = "close";
-            return sys_close(fd);
-        }
-    }
-    saved = errno;
-    sys_close(fd);
-    errno = saved;
-    return -1;
-}
-
-/* save_buf[0..len) as the snapshot, atomically.  -1 with errno set and
- * *what naming the step that failed; the old file is then intact, unless
- * only the final directory fsync failed (the new file may then not
- * survive a crash, so the save still counts as failed). */
-static int state_write(const fep_state *st, size_t len, const char **what)
-{
-    char tmp[PATH_SIZE + sizeof STATE_TMP_SUFFIX];
-    char dir[PATH_SIZE];
-
-    strcpy(tmp, st->path);
-    strcat(tmp, STATE_TMP_SUFFIX);
-    if (file_write_synced(tmp, st->save_buf, len, what) != 0)
-        return -1;
-    *what = "rename";
-    if (sys_rename(tmp, st->path) != 0)
-        return -1;
-    *what = "fsync directory";
-    state_dir_of(st, dir);
-    return sys_fsync_dir(dir);
+    if (d->mark < 0 || ic <= st->marks[d->mark].last_ic)
+        return;
+    st->marks[d->mark].last_ic = ic;
+    st->marks_raised = 1;
+    state_touch(st, dcu);
 }
 
 /* ------------------------------------------------------------------------
@@ -415,135 +537,154 @@ static void journal_abandon(const fep_state *st, int fd)
     int saved = errno;
 
     if (sys_ftruncate(fd, st->journal_size) != 0)
-        log_msg(LOG_WARN, "%s: cannot cut a failed append: %s", st->journal_path,
-                strerror(errno));
+        log_msg(LOG_WARN, "%s: cannot cut a failed append: %s",
+                st->journal_path, strerror(errno));
     sys_close(fd);
     errno = saved;
 }
 
 /*
- * Appends the lines of every marked DCU: written in pieces of journal_cap
- * (one write for up to ~500 DCUs), then one fsync.
- *  0  they are durable; the marks are cleared.
- * -1  errno set, *what the step; the journal is cut back, the marks stay.
- *  1  the journal is not the file fepd wrote (missing, or shorter than
- *     journal_size): nothing appended; a compaction must replace it.
+ * Opens the journal for an append.  The descriptor; -1 with errno; or -2
+ * when the journal is not the file fepd wrote (missing, not regular, or
+ * shorter than journal_size): a compaction must replace it.
  */
-static int journal_append(fep_state *st, const fep_config *cfg,
-                          const char **what)
+static int journal_open(fep_state *st, const char **what)
 {
-    struct stat sb;
-    size_t used = 0, total = 0;
-    unsigned j;
+    off_t size = 0;
     int fd;
 
     *what = "open";
-    fd = sys_open(st->journal_path, O_WRONLY | O_APPEND, 0);
-    if (fd < 0 && errno == ENOENT) {
-        log_msg(LOG_WARN, "%s: missing; writing the whole state instead",
-                st->journal_path);
-        return 1;
+    if (st->journal_size < 0)
+        return -2;
+    fd = sys_open_regular(st->journal_path, O_WRONLY | O_APPEND, 0, &size);
+    if (fd == SYS_NOT_REGULAR || (fd < 0 && errno == ENOENT)) {
+        log_msg(LOG_WARN, "%s: missing or not a regular file; writing the "
+                "whole state instead", st->journal_path);
+        return -2;
     }
     if (fd < 0)
         return -1;
-    *what = "stat";
-    if (fstat(fd, &sb) != 0)
-        goto fail;
-    if (sb.st_size < st->journal_size) {
+    if (size < st->journal_size) {
         log_msg(LOG_WARN, "%s: shorter than written (%lld of %lld bytes); "
                 "writing the whole state instead", st->journal_path,
-                (long long)sb.st_size, (long long)st->journal_size);
+                (long long)size, (long long)st->journal_size);
         sys_close(fd);
-        return 1;
+        return -2;
     }
     /* Longer: an earlier append failed and could not be cut back then. */
-    if (sb.st_size > st->journal_size) {
+    if (size > st->journal_size) {
         *what = "truncate";
-        if (sys_ftruncate(fd, st->journal_size) != 0)
-            goto fail;
-        log_msg(LOG_WARN, "%s: cut %lld bytes of a failed append",
-                st->journal_path, (long long)(sb.st_size - st->journal_size));
-    }
-    *what = "write";
-    for (j = 0; j < st->n_changed; j++) {
-        unsigned i = st->changed[j];
-
-        if (!st->dcus[i].changed)
-            continue;
-        if (st->journal_cap - used < JOURNAL_ENTRY_MAX) {
-            if (sys_write_all(fd, st->journal_buf, used) != 0)
-                goto fail;
-            total += used;
-            used = 0;
+        if (sys_ftruncate(fd, st->journal_size) != 0) {
+            journal_abandon(st, fd);
+            return -1;
         }
-        used = (size_t)(journal_entry_put(st->journal_buf + used, st, cfg, i) -
-                        st->journal_buf);
+        log_msg(LOG_WARN, "%s: cut %lld bytes of a failed append",
+                st->journal_path, (long long)(size - st->journal_size));
     }
-    if (used > 0 && sys_write_all(fd, st->journal_buf, used) != 0)
-        goto fail;
-    total += used;
-    *what = "fsync";
-    if (sys_fsync(fd) != 0)
-        goto fail;
-    /* Durable from here; a close error cannot undo that. */
-    sys_close(fd);
-    st->journal_size += (off_t)total;
-    marks_clear(st);
-    return 0;
-fail:
-    journal_abandon(st, fd);
-    return -1;
+    return fd;
 }
 
-/*
- * Writes the whole snapshot, then empties the journal.  The journal is
- * opened (created when missing) before the snapshot is written, so that
- * the snapshot's directory fsync makes its name durable too.  Every mark is
- * cleared once the snapshot is on disk.  -1 with errno, *what and *where
- * (the file) when a step failed.
- */
-static int state_compact(fep_state *st, const fep_config *cfg,
-                         const char **what, const char **where)
+/* Appends what is in the writer, then fsyncs.  0, or -1 with the journal
+ * cut back to its last good size. */
+static int journal_commit(writer *w, const char **what)
 {
-    struct stat sb;
-    int fd, saved, created = 0;
+    fep_state *st = w->st;
+
+    *what = "write";
+    writer_flush(w);
+    if (w->failed) {
+        journal_abandon(st, w->fd);
+        return -1;
+    }
+    *what = "fsync";
+    if (sys_fsync(w->fd) != 0) {
+        journal_abandon(st, w->fd);
+        return -1;
+    }
+    /* Durable from here; a close error cannot undo that. */
+    sys_close(w->fd);
+    st->journal_size += w->total;
+    return 0;
+}
+
+/* The lines of every marked DCU.  0: durable, marks cleared; -1: errno and
+ * *what; -2: the journal must be replaced by a compaction. */
+static int journal_append_marked(fep_state *st, const char **what)
+{
+    writer w;
+    unsigned j;
+
+    memset(&w, 0, sizeof w);
+    w.st = st;
+    w.fd = journal_open(st, what);
+    if (w.fd < 0)
+        return w.fd;
+    for (j = 0; j < st->n_changed; j++) {
+        unsigned i = st->changed[j];
+        if (st->dcus[i].changed)
+            writer_put(&w, dcu_entry_put(writer_at(&w), st, i));
+    }
+    if (journal_commit(&w, what) != 0)
+        return -1;
+    marks_clear(st);
+    st->dirty = 0;
+    st->marks_raised = 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Compaction: the whole snapshot, a new journal, the witness
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Writes the snapshot of the next generation, then starts the journal
+ * anew with its header.  The journal is opened (created when missing)
+ * before the snapshot is written, so that the snapshot's directory fsync
+ * makes its name durable too.  A crash between the two leaves a journal of
+ * the older generation, which loading ignores: its values are all in the
+ * new snapshot.  -1 with errno, *what and *where when a step failed.
+ */
+static int state_compact(fep_state *st, const char **what, const char **where)
+{
+    char header[64];
+    size_t header_len;
+    int fd, saved;
 
     *where = st->journal_path;
     *what = "open";
-    fd = sys_open(st->journal_path, O_WRONLY | O_APPEND, 0);
-    if (fd < 0 && errno == ENOENT) {
-        fd = sys_open(st->journal_path, O_WRONLY | O_APPEND | O_CREAT, 0644);
-        created = 1;
+    fd = sys_open_regular(st->journal_path, O_WRONLY | O_CREAT, 0644, NULL);
+    if (fd == SYS_NOT_REGULAR) {
+        errno = EINVAL;
+        *what = "open (not a regular file)";
     }
     if (fd < 0)
         return -1;
     *where = st->path;
-    st->snapshot_len = state_format(st, cfg);
-    if (state_write(st, st->snapshot_len, what) != 0) {
-        /* The new journal's name may not be durable: no append may rely on
-         * it until a compaction has succeeded. */
-        if (created)
-            st->journal_size = -1;
+    if (file_replace(st, st->path, snapshot_fill, what) != 0)
         goto fail;
-    }
+    st->generation++;
+    st->reservations = 0;
     marks_clear(st);
     st->dirty = 0;
+    st->marks_raised = 0;
+    /* From here the journal holds nothing fepd can append to safely until
+     * its new header is durable. */
+    st->journal_size = -1;
     *where = st->journal_path;
-    *what = "stat";
-    if (fstat(fd, &sb) != 0)
+    header_len = (size_t)(header_put(header, JOURNAL_MAGIC, st->generation) -
+                          header);
+    *what = "truncate";
+    if (sys_ftruncate(fd, 0) != 0)
         goto fail;
-    if (sb.st_size > 0) {
-        *what = "truncate";
-        if (sys_ftruncate(fd, 0) != 0)
-            goto fail;
-        /* Even if the fsync fails, the file now holds nothing fepd wrote. */
-        st->journal_size = 0;
-        *what = "fsync";
-        if (sys_fsync(fd) != 0)
-            goto fail;
-    }
-    st->journal_size = 0;
+    *what = "write";
+    if (sys_write_all(fd, header, header_len) != 0)
+        goto fail;
+    *what = "fsync";
+    if (sys_fsync(fd) != 0)
+        goto fail;
     sys_close(fd);
+    st->journal_size = (off_t)header_len;
+    witness_write(st);
     return 0;
 fail:
     saved = errno;
@@ -554,48 +695,40 @@ fail:
 
 static off_t journal_bound(const fep_state *st)
 {
-    return (off_t)(st->snapshot_len > JOURNAL_BOUND_MIN ? st->snapshot_len
-                                                        : JOURNAL_BOUND_MIN);
-}
+    off_t snapshot = (off_t)st->n_marks * 48 + (off_t)st->n_dcus * 64;
 
-/* True when nothing changed since the snapshot: it holds every value. */
-static int state_clean(const fep_state *st)
-{
-    return !st->dirty && st->n_changed == 0 && !st->changed_rescan &&
-           st->journal_size == 0;
+    return snapshot > JOURNAL_BOUND_MIN ? snapshot : JOURNAL_BOUND_MIN;
 }
 
 /*
- * Makes every value durable; with `snapshot` (start-up) writes the snapshot
- * whatever else.  0: every value is on disk, though a compaction that was
- * not needed for that may have failed (logged).  -1 with err: some value is
- * not; dirty and the marks stay.
+ * Makes every value durable; with `snapshot` writes the snapshot whatever
+ * else.  0: every value is on disk (a compaction that was not needed for
+ * that may have failed: logged).  -1 with err: some value is not; dirty
+ * and the marks stay.
  */
-static int state_save_err(fep_state *st, const fep_config *cfg, int snapshot,
-                          char *err, size_t errlen)
+static int state_save_err(fep_state *st, int snapshot, char *err,
+                          size_t errlen)
 {
     const char *what, *where;
-    int rc = 1;
+    int rc = -2;
 
     if (st->changed_rescan)
         marks_rebuild(st);
-    if (!snapshot && st->n_changed > 0 && st->journal_size >= 0) {
-        rc = journal_append(st, cfg, &what);
-        if (rc < 0) {
+    if (!snapshot && st->n_changed > 0) {
+        rc = journal_append_marked(st, &what);
+        if (rc == -1) {
             snprintf(err, errlen, "%s: append (%s): %s", st->journal_path,
                      what, strerror(errno));
             return -1;
         }
-        if (rc == 0)
-            st->dirty = 0;
         if (rc == 0 && st->journal_size <= journal_bound(st))
             return 0;
     }
-    /* Nothing marked while dirty means changes state.c was not told of:
-     * only the whole snapshot is sure to hold them. */
-    if (!snapshot && state_clean(st))
+    /* Dirty with nothing listed means a change state.c was not told of:
+     * only the whole snapshot is sure to hold it. */
+    if (!snapshot && rc == -2 && !st->dirty && st->journal_size >= 0)
         return 0;
-    if (state_compact(st, cfg, &what, &where) == 0)
+    if (state_compact(st, &what, &where) == 0)
         return 0;
     snprintf(err, errlen, "%s: save (%s): %s", where, what, strerror(errno));
     if (snapshot || st->dirty)
@@ -608,31 +741,44 @@ int state_save(fep_state *st, const fep_config *cfg)
 {
     char err[STATE_ERR_SIZE];
 
-    if (state_save_err(st, cfg, 0, err, sizeof err) != 0) {
+    st->cfg = cfg;
+    if (state_save_err(st, 0, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return -1;
     }
     return 0;
 }
 
-/* Reserves the next block of key k on disk by rewriting the last image with
- * only k's tx line changed; on failure nothing changes. */
+/* Reserves the next block of key k: a tx line in the journal (or a whole
+ * snapshot when the journal cannot take it), then the witness.  On failure
+ * nothing changes and no IC is handed out. */
 static int reserve_block(fep_state *st, unsigned k)
 {
     key_state *ks = &st->keys[k];
     uint32_t old = ks->tx_ic_reserved;
-    const char *what;
-    int saved;
+    const char *what, *where;
+    writer w;
 
     ks->tx_ic_reserved = reserve_end(ks->tx_ic_next);
-    tx_line_put(tx_line_at(st, k), ks);
-    if (state_write(st, strlen(st->save_buf), &what) == 0)
+    memset(&w, 0, sizeof w);
+    w.st = st;
+    w.fd = journal_open(st, &what);
+    if (w.fd >= 0) {
+        writer_put(&w, tx_line_put(writer_at(&w), ks));
+        if (journal_commit(&w, &what) == 0) {
+            st->reservations++;
+            witness_write(st);
+            return 0;
+        }
+        where = st->journal_path;
+    } else if (w.fd == -2 && state_compact(st, &what, &where) == 0) {
         return 0;
-    saved = errno;
+    } else {
+        where = st->journal_path;
+    }
     ks->tx_ic_reserved = old;
-    tx_line_put(tx_line_at(st, k), ks);
-    log_msg(LOG_ERROR, "%s: save (%s): %s; no IC block reserved, so no "
-            "protected frame can be sent", st->path, what, strerror(saved));
+    log_msg(LOG_ERROR, "%s: reserve (%s): %s; no IC block reserved, so no "
+            "protected frame can be sent", where, what, strerror(errno));
     return -1;
 }
 
@@ -644,9 +790,9 @@ uint32_t state_take_ic(fep_state *st, unsigned k)
         return 0;
     ks = &st->keys[k];
     if (ks->tx_ic_next >= IC_NONE) {
-        char kcv[2 * KCV_SIZE + 1];
+        char kcv[2 * STATE_KCV_SIZE + 1];
 
-        *put_hex(kcv, ks->kcv, KCV_SIZE) = '\0';
+        *put_hex(kcv, ks->kcv, STATE_KCV_SIZE) = '\0';
         log_msg(LOG_ERROR, "every IC of the key with check value %s has been "
                 "used: the key must be changed", kcv);
         return 0;
@@ -659,6 +805,25 @@ uint32_t state_take_ic(fep_state *st, unsigned k)
 /* ------------------------------------------------------------------------
  * Loading
  * ---------------------------------------------------------------------- */
+
+typedef struct state_loader {
+    fep_state *st;
+    const char *path;                   /* of the file being read, for messages */
+    int journal;                        /* reading the journal, not the snapshot */
+    int v1;                             /* a version 1 file: no header, no end */
+    int headed;                         /* the header line was read */
+    int ended;                          /* the end line was read (snapshot) */
+    uint64_t generation;                /* from the header */
+    uint64_t records;                   /* tx, rx and dcu lines */
+    uint64_t tx_lines;
+    unsigned lineno;                    /* of the line being read, from 1 */
+    size_t len;                         /* bytes in line */
+    size_t line_bytes;                  /* bytes of the line so far, all of them */
+    off_t whole;                        /* bytes up to the end of the last whole line */
+    const char *problem;                /* of the line so far, told at its end */
+    char why[160];                      /* a problem with numbers in it */
+    char line[STATE_LINE_MAX + 1];
+} state_loader;
 
 /* Splits line at blanks; returns the field count, STATE_FIELDS_MAX + 1
  * when there are more. */
@@ -696,13 +861,13 @@ static int parse_u64(const char *s, uint64_t max, uint64_t *out)
     return 0;
 }
 
-static int parse_kcv(const char *s, uint8_t kcv[KCV_SIZE])
+static int parse_kcv(const char *s, uint8_t kcv[STATE_KCV_SIZE])
 {
     unsigned i;
 
-    if (strlen(s) != 2 * KCV_SIZE)
+    if (strlen(s) != 2 * STATE_KCV_SIZE)
         return -1;
-    for (i = 0; i < KCV_SIZE; i++) {
+    for (i = 0; i < STATE_KCV_SIZE; i++) {
         int hi = hex_digit((unsigned char)s[2 * i]);
         int lo = hex_digit((unsigned char)s[2 * i + 1]);
         if (hi < 0 || lo < 0)
@@ -712,72 +877,22 @@ static int parse_kcv(const char *s, uint8_t kcv[KCV_SIZE])
     return 0;
 }
 
-static int key_find(const fep_state *st, const uint8_t kcv[KCV_SIZE])
+static int parse_dcu_id(const char *s, uint8_t sid[FRAME_ID_SIZE])
 {
-    unsigned k;
+    size_t n = strlen(s);
 
-    for (k = 0; k < st->n_keys; k++)
-        if (memcmp(st->keys[k].kcv, kcv, KCV_SIZE) == 0)
-            return (int)k;
-    return -1;
-}
-
-/* The snapshot lists DCUs in config order, so the search tries the one after
- * the last found first and a whole load stays linear.  Journal lines come in
- * the order sessions ended: they are found by SID in cfg->by_sid (sorted)
- * when there is one. */
-typedef struct state_loader {
-    fep_state *st;
-    const fep_config *cfg;
-    const char *path;                   /* of the file being read, for messages */
-    unsigned hint;                      /* where dcu_find starts */
-    unsigned lineno;                    /* of the line being read, from 1 */
-    size_t len;                         /* bytes in line */
-    size_t line_bytes;                  /* bytes of the line so far, all of them */
-    off_t whole;                        /* bytes up to the end of the last whole line */
-    const char *problem;                /* of the line so far, told at its end */
-    char line[STATE_LINE_MAX + 1];
-} state_loader;
-
-static int dcu_find(state_loader *l, const char *id)
-{
-    const fep_config *cfg = l->cfg;
-    uint8_t sid[FRAME_ID_SIZE];
-    unsigned n, i;
-    int k;
-
-    if (cfg->n_dcus == 0)
+    if (n < 1 || n > FRAME_ID_SIZE)
         return -1;
-    i = l->hint % cfg->n_dcus;
-    if (strcmp(cfg->dcus[i].id, id) == 0) {
-        l->hint = i + 1;
-        return (int)i;
-    }
-    if (cfg->by_sid != NULL) {
-        if (strlen(id) > FRAME_ID_SIZE)
-            return -1;
-        frame_id_set(sid, id);
-        k = config_find_dcu(cfg, sid);
-        if (k < 0 || strcmp(cfg->dcus[k].id, id) != 0)
-            return -1;
-        l->hint = (unsigned)k + 1;
-        return k;
-    }
-    for (n = 1; n < cfg->n_dcus; n++) {
-        i = (l->hint + n) % cfg->n_dcus;
-        if (strcmp(cfg->dcus[i].id, id) == 0) {
-            l->hint = i + 1;
-            return (int)i;
-        }
-    }
-    return -1;
+    frame_id_set(sid, s);
+    return 0;
 }
 
 static const char *load_tx(state_loader *l, char **f, unsigned n)
 {
-    uint8_t kcv[KCV_SIZE];
+    uint8_t kcv[STATE_KCV_SIZE];
     uint64_t reserved;
-    int k;
+    key_state *k;
+    int i;
 
     if (n != 3)
         return "tx: expected KCV RESERVED";
@@ -785,37 +900,50 @@ static const char *load_tx(state_loader *l, char **f, unsigned n)
         return "tx: KCV is not 16 hex digits";
     if (parse_u64(f[2], IC_NONE, &reserved) != 0 || reserved == 0)
         return "tx: RESERVED is not a number 1..4294967295";
-    k = key_find(l->st, kcv);
-    if (k >= 0 && reserved > l->st->keys[k].tx_ic_next)
-        l->st->keys[k].tx_ic_next = (uint32_t)reserved;
+    i = key_get(l->st, kcv);
+    if (i < 0)
+        return "tx: more keys than the state can hold (2 x max_dcus): "
+               "raise max_dcus";
+    k = &l->st->keys[i];
+    if (reserved > k->tx_ic_next)
+        k->tx_ic_next = k->tx_ic_reserved = (uint32_t)reserved;
+    l->tx_lines++;
     return NULL;
 }
 
 static const char *load_rx(state_loader *l, char **f, unsigned n)
 {
-    uint8_t kcv[KCV_SIZE];
+    uint8_t kcv[STATE_KCV_SIZE], sid[FRAME_ID_SIZE];
     uint64_t last;
-    dcu_state *d;
-    int i;
+    uint32_t *slot;
+    int m;
 
     if (n != 4)
         return "rx: expected DCU KCV LAST_IC";
+    if (parse_dcu_id(f[1], sid) != 0)
+        return "rx: DCU is not an id of 1..8 characters";
     if (parse_kcv(f[2], kcv) != 0)
         return "rx: KCV is not 16 hex digits";
     if (parse_u64(f[3], IC_NONE, &last) != 0)
         return "rx: LAST_IC is not a number 0..4294967295";
-    i = dcu_find(l, f[1]);
-    if (i < 0)
-        return NULL;
-    d = &l->st->dcus[i];
-    if (d->key >= 0 && memcmp(l->st->keys[d->key].kcv, kcv, KCV_SIZE) == 0 &&
-        last > d->rx_ic)
-        d->rx_ic = (uint32_t)last;
+    slot = key_slot(l->st, kcv);
+    if (*slot == 0)
+        return "rx: a key with no tx line (lines are missing)";
+    m = mark_get(l->st, sid, *slot - 1);
+    if (m < 0)
+        return "rx: more marks than the state can hold (2 x max_dcus): "
+               "raise max_dcus";
+    if (last > l->st->marks[m].last_ic)
+        l->st->marks[m].last_ic = (uint32_t)last;
     return NULL;
 }
 
+/* Statistics of a DCU no longer configured are dropped at the next
+ * snapshot: unlike marks and ICs, nothing depends on them. */
 static const char *load_dcu(state_loader *l, char **f, unsigned n)
 {
+    const fep_config *cfg = l->st->cfg;
+    uint8_t sid[FRAME_ID_SIZE];
     uint64_t v[4];
     dcu_state *d;
     unsigned j;
@@ -823,12 +951,14 @@ static const char *load_dcu(state_loader *l, char **f, unsigned n)
 
     if (n != 6)
         return "dcu: expected DCU LAST_SUCCESS_S OK FAILED RECORDS";
+    if (parse_dcu_id(f[1], sid) != 0)
+        return "dcu: DCU is not an id of 1..8 characters";
     for (j = 0; j < 4; j++)
         if (parse_u64(f[2 + j], j == 0 ? (uint64_t)INT64_MAX : UINT64_MAX,
                       &v[j]) != 0)
             return "dcu: a field is not a decimal number";
-    i = dcu_find(l, f[1]);
-    if (i < 0)
+    i = config_find_dcu(cfg, sid);
+    if (i < 0 || strcmp(cfg->dcus[i].id, f[1]) != 0)
         return NULL;
     d = &l->st->dcus[i];
     d->last_success_s = (int64_t)v[0];
@@ -838,23 +968,80 @@ static const char *load_dcu(state_loader *l, char **f, unsigned n)
     return NULL;
 }
 
+/* "fepd-state 2 GEN" or "fepd-journal 2 GEN". */
+static const char *load_header(state_loader *l, char **f, unsigned n)
+{
+    const char *magic = l->journal ? JOURNAL_MAGIC : STATE_MAGIC;
+    uint64_t format;
+
+    if (n == 0 || strcmp(f[0], magic) != 0) {
+        snprintf(l->why, sizeof l->why, "no header line (expected '%s 2 "
+                 "GENERATION'): not a file fepd wrote, or its beginning is "
+                 "lost", magic);
+        return l->why;
+    }
+    if (n != 3 || parse_u64(f[1], 999, &format) != 0 ||
+        parse_u64(f[2], UINT64_MAX, &l->generation) != 0)
+        return "header: expected FORMAT GENERATION";
+    if (format != STATE_FORMAT) {
+        snprintf(l->why, sizeof l->why, "format %llu, which this fepd (format "
+                 "%d) cannot read", (unsigned long long)format, STATE_FORMAT);
+        return l->why;
+    }
+    l->headed = 1;
+    return NULL;
+}
+
+static const char *load_end(state_loader *l, char **f, unsigned n)
+{
+    uint64_t records;
+
+    if (l->journal || l->v1)
+        return "end: only a version 2 snapshot has an end line";
+    if (n != 2 || parse_u64(f[1], UINT64_MAX, &records) != 0)
+        return "end: expected RECORDS";
+    if (records != l->records) {
+        snprintf(l->why, sizeof l->why, "end: says %llu records, the file "
+                 "has %llu (lines are missing or were added)",
+                 (unsigned long long)records, (unsigned long long)l->records);
+        return l->why;
+    }
+    l->ended = 1;
+    return NULL;
+}
+
 /* One line; NULL, or what is wrong with it. */
 static const char *load_line(state_loader *l, char *line)
 {
     char *f[STATE_FIELDS_MAX];
-    unsigned n = fields_split(line, f);
+    unsigned n;
+    const char *problem;
 
+    if (!l->journal && l->lineno == 1 && strcmp(line, V1_HEADER) == 0) {
+        l->v1 = l->headed = 1;
+        return NULL;
+    }
+    n = fields_split(line, f);
     if (n == 0 || f[0][0] == '#')
         return NULL;
     if (n > STATE_FIELDS_MAX)
         return "too many fields";
+    if (l->ended)
+        return "a line after the end line";
+    if (!l->headed)
+        return load_header(l, f, n);
+    if (strcmp(f[0], "end") == 0)
+        return load_end(l, f, n);
     if (strcmp(f[0], "tx") == 0)
-        return load_tx(l, f, n);
-    if (strcmp(f[0], "rx") == 0)
-        return load_rx(l, f, n);
-    if (strcmp(f[0], "dcu") == 0)
-        return load_dcu(l, f, n);
-    return "unknown record (expected tx, rx or dcu)";
+        problem = load_tx(l, f, n);
+    else if (strcmp(f[0], "rx") == 0)
+        problem = load_rx(l, f, n);
+    else if (strcmp(f[0], "dcu") == 0)
+        problem = load_dcu(l, f, n);
+    else
+        problem = "unknown record (expected tx, rx, dcu or end)";
+    l->records += problem == NULL;
+    return problem;
 }
 
 /* One byte of the file; a whole line goes to load_line.  NULL, or what is
@@ -887,143 +1074,366 @@ static const char *load_byte(state_loader *l, char c)
     return problem;
 }
 
-/* Every line of the file.  A last line without '\n' is read as a line in
- * the snapshot (written by hand, perhaps) and skipped in the journal (an
- * append cut short).  0, or -1 with "path:LINE: problem" in err. */
-static int load_lines(state_loader *l, int fd, int journal, char *err,
-                      size_t errlen)
+/* Every line of the file, at most max_size bytes.  A last line without
+ * '\n' is read as a line in the snapshot and skipped in the journal (an
+ * append cut short).  NULL, or the problem (l->lineno names the line). */
+static const char *load_lines(state_loader *l, int fd, off_t max_size)
 {
     char chunk[4096];
     const char *problem = NULL;
+    off_t total = 0;
     ssize_t r, i;
 
     do {
         r = read(fd, chunk, sizeof chunk);
-        if (r < 0 && errno != EINTR) {
-            snprintf(err, errlen, "%s: read: %s", l->path, strerror(errno));
-            return -1;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(l->why, sizeof l->why, "read: %s", strerror(errno));
+            return l->why;
         }
+        total += r;
+        if (total > max_size)
+            return "larger than any state fepd writes for this max_dcus";
         for (i = 0; i < r && problem == NULL; i++)
             problem = load_byte(l, chunk[i]);
     } while (r != 0 && problem == NULL);
     if (problem == NULL && l->line_bytes > 0) {
-        if (!journal)
+        if (!l->journal)
             problem = load_byte(l, '\n');
         else
             log_msg(LOG_WARN, "%s:%u: skipping a torn last line (%zu bytes "
                     "without a newline): an append cut short", l->path,
                     l->lineno, l->line_bytes);
     }
+    return problem;
+}
+
+/* ------------------------------------------------------------------------
+ * Opening: which files there are, and whether they can be trusted
+ * ---------------------------------------------------------------------- */
+
+/* The most a state file of this capacity can hold (bytes). */
+static off_t state_size_max(const fep_state *st)
+{
+    return (off_t)(st->keys_cap + st->marks_cap + st->dcus_cap) * LINE_ROOM +
+           (off_t)JOURNAL_BOUND_MIN * 4;
+}
+
+/* Opens path for reading if it is there: the descriptor, -1 when it is
+ * not there, -2 with err set when it cannot be read or is not a file. */
+static int open_existing(const char *path, char *err, size_t errlen)
+{
+    int fd = sys_open_regular(path, O_RDONLY, 0, NULL);
+
+    if (fd >= 0)
+        return fd;
+    if (fd == SYS_NOT_REGULAR)
+        snprintf(err, errlen, "%s: not a regular file; %s", path,
+                 REFUSE_ADVICE);
+    else if (errno == ENOENT)
+        return -1;
+    else
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return -2;
+}
+
+/* Reads one file into the tables.  0, or -1 with err. */
+static int load_file(state_loader *l, int fd, char *err, size_t errlen)
+{
+    const char *problem = load_lines(l, fd, state_size_max(l->st));
+
+    sys_close(fd);
+    if (problem == NULL && !l->journal && !l->headed)
+        problem = l->lineno == 1 && l->whole == 0
+                      ? "empty" : "no header line: not a file fepd wrote";
+    if (problem == NULL && !l->journal && !l->v1 && !l->ended)
+        problem = "no end line: the file is truncated";
     if (problem == NULL)
         return 0;
-    snprintf(err, errlen, "%s:%u: %s", l->path, l->lineno, problem);
+    snprintf(err, errlen, "%s:%u: %s; %s", l->path, l->lineno, problem,
+             REFUSE_ADVICE);
     return -1;
 }
 
-/* The snapshot, then the journal; a missing file is a fresh start (or an
- * empty journal).  Sets journal_size to the journal's whole lines. */
-static int state_load(fep_state *st, const fep_config *cfg, char *err,
+static void loader_init(state_loader *l, fep_state *st, const char *path,
+                        int journal)
+{
+    memset(l, 0, sizeof *l);
+    l->st = st;
+    l->path = path;
+    l->journal = journal;
+    l->lineno = 1;
+}
+
+/* The journal after snapshot s: applied when it extends s, ignored when
+ * older (a compaction cut short), refused when newer. */
+static int load_journal(fep_state *st, const state_loader *s, char *err,
+                        size_t errlen)
+{
+    state_loader l;
+    int fd = open_existing(st->journal_path, err, errlen);
+
+    if (fd == -2)
+        return -1;
+    if (fd == -1) {
+        snprintf(err, errlen, "%s: missing beside %s (every snapshot fepd "
+                 "writes has its journal): the values since the snapshot are "
+                 "lost; %s", st->journal_path, st->path, REFUSE_ADVICE);
+        return -1;
+    }
+    loader_init(&l, st, st->journal_path, 1);
+    l.v1 = l.headed = s->v1;            /* a version 1 journal has no header */
+    if (load_file(&l, fd, err, errlen) != 0)
+        return -1;
+    st->journal_size = l.whole;
+    if (!l.headed || l.generation == s->generation || s->v1) {
+        st->reservations = l.tx_lines;
+        return 0;
+    }
+    if (l.generation < s->generation) {
+        log_msg(LOG_INFO, "%s: generation %llu, older than the snapshot's "
+                "%llu: a compaction cut short; its values are in the "
+                "snapshot", st->journal_path,
+                (unsigned long long)l.generation,
+                (unsigned long long)s->generation);
+        return 0;
+    }
+    snprintf(err, errlen, "%s: generation %llu, newer than %s (%llu): the "
+             "snapshot is older than its journal (restored from a backup?); "
+             "%s", st->journal_path, (unsigned long long)l.generation,
+             st->path, (unsigned long long)s->generation, REFUSE_ADVICE);
+    return -1;
+}
+
+/* The witness: 1 and its values when it is there, 0 when not, -1 with err
+ * when it cannot be read. */
+static int witness_read(const fep_state *st, uint64_t *generation,
+                        uint64_t *reservations, char *err, size_t errlen)
+{
+    char text[WITNESS_SIZE_MAX + 1], *f[STATE_FIELDS_MAX];
+    ssize_t n;
+    int fd = open_existing(st->witness_path, err, errlen);
+
+    if (fd < 0)
+        return fd == -1 ? 0 : -1;
+    n = read(fd, text, WITNESS_SIZE_MAX);
+    sys_close(fd);
+    if (n < 0)
+        n = 0;
+    text[n] = '\0';
+    if (fields_split(text, f) != 3 || strcmp(f[0], WITNESS_MAGIC) != 0 ||
+        parse_u64(f[1], UINT64_MAX, generation) != 0 ||
+        parse_u64(f[2], UINT64_MAX, reservations) != 0) {
+        snprintf(err, errlen, "%s: damaged (expected '" WITNESS_MAGIC
+                 " GENERATION RESERVATIONS'); if you are sure %s is the "
+                 "newest state, remove it", st->witness_path, st->path);
+        return -1;
+    }
+    return 1;
+}
+
+/* A state older than the witness is a state_dir restored from a backup. */
+static int witness_check(const fep_state *st, char *err, size_t errlen)
+{
+    uint64_t gen, res;
+    int rc = witness_read(st, &gen, &res, err, errlen);
+
+    if (rc <= 0)
+        return rc;
+    if (st->generation > gen || (st->generation == gen &&
+                                 st->reservations >= res))
+        return 0;
+    snprintf(err, errlen, "%s: generation %llu with %llu reservations, "
+             "older than %s says (%llu with %llu): the state was rolled back "
+             "(restored from a backup?); %s", st->path,
+             (unsigned long long)st->generation,
+             (unsigned long long)st->reservations, st->witness_path,
+             (unsigned long long)gen, (unsigned long long)res, REFUSE_ADVICE);
+    return -1;
+}
+
+/* Whether a file that only a run of fepd writes is there. */
+static int exists(const char *path)
+{
+    struct stat sb;
+
+    return lstat(path, &sb) == 0;
+}
+
+/* No snapshot: a first start, or a lost state. */
+static int state_missing(const fep_state *st, const state_start *how,
+                         char *err, size_t errlen)
+{
+    const char *sign = exists(st->journal_path) ? st->journal_path :
+                       exists(st->witness_path) ? st->witness_path : NULL;
+
+    if (sign == NULL && !how->data_has_rows)
+        return 0;
+    snprintf(err, errlen, "%s: missing, but %s shows that fepd has run "
+             "before; %s", st->path,
+             sign ? sign : "data_dir (rows in its CSV files)", REFUSE_ADVICE);
+    return -1;
+}
+
+static int state_load(fep_state *st, const state_start *how, char *err,
                       size_t errlen)
 {
     state_loader l;
-    unsigned n;
-    int fd, rc = 0;
+    int fd = open_existing(st->path, err, errlen);
 
-    for (n = 0; n < 2 && rc == 0; n++) {
-        memset(&l, 0, sizeof l);
-        l.st = st;
-        l.cfg = cfg;
-        l.path = n == 0 ? st->path : st->journal_path;
-        l.lineno = 1;
-        fd = sys_open(l.path, O_RDONLY, 0);
-        if (fd < 0 && errno == ENOENT)
-            continue;
-        if (fd < 0) {
-            snprintf(err, errlen, "%s: %s", l.path, strerror(errno));
-            return -1;
-        }
-        rc = load_lines(&l, fd, n == 1, err, errlen);
-        sys_close(fd);
-        if (n == 1)
-            st->journal_size = l.whole;
+    if (fd == -2)
+        return -1;
+    if (fd == -1)
+        return state_missing(st, how, err, errlen);
+    loader_init(&l, st, st->path, 0);
+    if (load_file(&l, fd, err, errlen) != 0)
+        return -1;
+    st->generation = l.generation;
+    if (load_journal(st, &l, err, errlen) != 0)
+        return -1;
+    return witness_check(st, err, errlen);
+}
+
+/* --fresh-state: the old files are renamed, never removed. */
+static int set_aside(const char *path, const char *stamp, char *err,
+                     size_t errlen)
+{
+    char lost[PATH_SIZE + LOST_SUFFIX_MAX];
+
+    if (!exists(path))
+        return 0;
+    snprintf(lost, sizeof lost, "%s.lost-%s", path, stamp);
+    if (sys_rename(path, lost) != 0) {
+        snprintf(err, errlen, "%s: cannot set it aside as %s: %s", path, lost,
+                 strerror(errno));
+        return -1;
     }
-    return rc;
+    log_msg(LOG_WARN, "--fresh-state: %s set aside as %s", path, lost);
+    return 0;
+}
+
+static int state_set_aside(const fep_state *st, char *err, size_t errlen)
+{
+    char stamp[LOST_SUFFIX_MAX];
+    time_t now = (time_t)sys_wall_s();
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    log_msg(LOG_WARN, "--fresh-state: every key's IC starts again at 1 and "
+            "every replay mark is forgotten; every keyed DCU must have a new "
+            "key");
+    return set_aside(st->path, stamp, err, errlen) != 0 ||
+           set_aside(st->journal_path, stamp, err, errlen) != 0 ||
+           set_aside(st->witness_path, stamp, err, errlen) != 0 ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------------
  * Open and release
  * ---------------------------------------------------------------------- */
 
-static int state_alloc(fep_state *st, const fep_config *cfg, char *err,
-                       size_t errlen)
+static int state_alloc(fep_state *st, const fep_config *cfg)
+{
+    unsigned cap = cfg->max_dcus > cfg->n_dcus ? cfg->max_dcus : cfg->n_dcus;
+    size_t slots = 1;
+
+    if (cap == 0)
+        cap = 1;
+    st->dcus_cap = cap;
+    st->keys_cap = st->marks_cap = 2 * cap;
+    /* A load factor of at most 4/5 keeps probes short. */
+    while (slots < (size_t)st->keys_cap + st->keys_cap / 4 + 1)
+        slots *= 2;
+    st->index_mask = (unsigned)(slots - 1);
+    st->dcus = calloc(cap, sizeof *st->dcus);
+    st->changed = calloc(cap, sizeof *st->changed);
+    st->keys = calloc(st->keys_cap, sizeof *st->keys);
+    st->marks = calloc(st->marks_cap, sizeof *st->marks);
+    st->key_index = calloc(slots, sizeof *st->key_index);
+    st->mark_index = calloc(slots, sizeof *st->mark_index);
+    st->buf_cap = STATE_BUF_SIZE;
+    st->buf = malloc(st->buf_cap);
+    return st->dcus && st->changed && st->keys && st->marks &&
+           st->key_index && st->mark_index && st->buf ? 0 : -1;
+}
+
+static int path_join(char out[PATH_SIZE], const char *dir, const char *name)
+{
+    if (strlen(dir) + 1 + strlen(name) + sizeof TMP_SUFFIX + LOST_SUFFIX_MAX >
+        PATH_SIZE)
+        return -1;
+    strcpy(out, dir);
+    strcat(out, "/");
+    strcat(out, name);
+    return 0;
+}
+
+/* Every configured DCU gets its key and its mark under that key. */
+static int state_attach(fep_state *st, const fep_config *cfg, char *err,
+                        size_t errlen)
 {
     unsigned i;
-    int n_keys;
 
     st->n_dcus = cfg->n_dcus;
-    st->dcus = calloc(cfg->n_dcus ? cfg->n_dcus : 1, sizeof *st->dcus);
-    if (st->dcus == NULL)
-        goto nomem;
-    n_keys = keys_assign(cfg, st->dcus);
-    if (n_keys < 0)
-        goto nomem;
-    st->n_keys = (unsigned)n_keys;
-    st->keys = calloc(st->n_keys ? st->n_keys : 1, sizeof *st->keys);
-    /* The journal buffer holds every DCU's lines, up to JOURNAL_BUF_MAX. */
-    st->journal_cap = (size_t)(st->n_dcus ? st->n_dcus : 1) * JOURNAL_ENTRY_MAX;
-    if (st->journal_cap > JOURNAL_BUF_MAX)
-        st->journal_cap = JOURNAL_BUF_MAX;
-    st->save_cap = STATE_HEADER_LEN + (size_t)st->n_keys * STATE_TX_LINE +
-                   (size_t)st->n_dcus * JOURNAL_ENTRY_MAX + 1 + st->journal_cap;
-    st->save_buf = malloc(st->save_cap);
-    st->changed = malloc((cfg->n_dcus ? cfg->n_dcus : 1) * sizeof *st->changed);
-    if (st->keys == NULL || st->save_buf == NULL || st->changed == NULL)
-        goto nomem;
-    st->journal_buf = st->save_buf + st->save_cap - st->journal_cap;
     for (i = 0; i < cfg->n_dcus; i++) {
-        int k = st->dcus[i].key;
-        if (k >= 0 && st->keys[k].tx_ic_next == 0) {
-            kcv_of(cfg->dcus[i].key, st->keys[k].kcv);
-            st->keys[k].tx_ic_next = 1;
+        dcu_state *d = &st->dcus[i];
+        uint8_t kcv[STATE_KCV_SIZE];
+
+        d->key = d->mark = d->session = -1;
+        d->next_qsn = 1;
+        if (!cfg->dcus[i].has_key)
+            continue;
+        kcv_of(cfg->dcus[i].key, kcv);
+        d->key = key_get(st, kcv);
+        if (d->key >= 0)
+            d->mark = mark_get(st, cfg->dcus[i].sid, (uint32_t)d->key);
+        if (d->key < 0 || d->mark < 0) {
+            snprintf(err, errlen, "%s: the state holds more keys or marks "
+                     "than 2 x max_dcus (%u): raise max_dcus", st->path,
+                     st->dcus_cap);
+            return -1;
         }
     }
     return 0;
-nomem:
-    snprintf(err, errlen, "state: out of memory for %u DCUs", cfg->n_dcus);
-    return -1;
 }
 
-static int state_path_set(fep_state *st, const char *dir, char *err,
-                          size_t errlen)
+int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
+               char *err, size_t errlen)
 {
-    if (strlen(dir) + sizeof "/" STATE_NAME STATE_TMP_SUFFIX > PATH_SIZE) {
-        snprintf(err, errlen, "%s: path too long", dir);
-        return -1;
-    }
-    strcpy(st->path, dir);
-    strcat(st->path, "/" STATE_NAME);
-    strcpy(st->journal_path, dir);
-    strcat(st->journal_path, "/" JOURNAL_NAME);
-    if (sys_mkdir(dir) != 0) {
-        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-int state_open(fep_state *st, const fep_config *cfg, char *err, size_t errlen)
-{
-    unsigned k;
+    unsigned i;
 
     memset(st, 0, sizeof *st);
-    if (state_alloc(st, cfg, err, errlen) != 0 ||
-        state_path_set(st, cfg->state_dir, err, errlen) != 0 ||
-        state_load(st, cfg, err, errlen) != 0)
+    st->cfg = cfg;
+    if (state_alloc(st, cfg) != 0) {
+        snprintf(err, errlen, "state: out of memory for %u DCUs", cfg->max_dcus);
         goto fail;
+    }
+    if (path_join(st->path, cfg->state_dir, STATE_NAME) != 0 ||
+        path_join(st->journal_path, cfg->state_dir, JOURNAL_NAME) != 0 ||
+        path_join(st->witness_path, cfg->data_dir, WITNESS_NAME) != 0) {
+        snprintf(err, errlen, "%s: path too long", cfg->state_dir);
+        goto fail;
+    }
+    if (!how->read_only && sys_mkdir(cfg->state_dir) != 0) {
+        snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
+        goto fail;
+    }
+    if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
+        goto fail;
+    if (!how->fresh && state_load(st, how, err, errlen) != 0)
+        goto fail;
+    if (state_attach(st, cfg, err, errlen) != 0)
+        goto fail;
+    if (how->read_only)
+        return 0;
     /* Whatever was below RESERVED may have been sent before a crash. */
-    for (k = 0; k < st->n_keys; k++)
-        st->keys[k].tx_ic_reserved = reserve_end(st->keys[k].tx_ic_next);
-    if (state_save_err(st, cfg, 1, err, errlen) != 0)
+    for (i = 0; i < st->n_dcus; i++) {
+        key_state *k = st->dcus[i].key >= 0 ? &st->keys[st->dcus[i].key] : NULL;
+        if (k && k->tx_ic_reserved <= k->tx_ic_next)
+            k->tx_ic_reserved = reserve_end(k->tx_ic_next);
+    }
+    if (state_save_err(st, 1, err, errlen) != 0)
         goto fail;
     return 0;
 fail:
@@ -1033,9 +1443,14 @@ fail:
 
 void state_release(fep_state *st)
 {
+    if (st->keys)
+        memset(st->keys, 0, st->keys_cap * sizeof *st->keys);
     free(st->dcus);
-    free(st->keys);
-    free(st->save_buf);
     free(st->changed);
+    free(st->keys);
+    free(st->marks);
+    free(st->key_index);
+    free(st->mark_index);
+    free(st->buf);
     memset(st, 0, sizeof *st);
 }

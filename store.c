@@ -290,7 +290,12 @@ static int out_open_at(store *s, unsigned i, const char *path, const char **what
     off_t keep;
 
     *what = "open";
-    o->fd = sys_open(path, O_RDWR | O_CREAT | O_APPEND, 0644);
+    o->fd = sys_open_regular(path, O_RDWR | O_CREAT | O_APPEND, 0644, NULL);
+    if (o->fd == SYS_NOT_REGULAR) {
+        o->fd = -1;
+        errno = EINVAL;
+        *what = "open (not a regular file)";
+    }
     if (o->fd < 0)
         return -1;
     *what = "stat";
@@ -316,6 +321,8 @@ static int out_open_at(store *s, unsigned i, const char *path, const char **what
     *what = "write header";
     if (keep == 0 && header_write(s, o->fd, i, &keep) != 0)
         return -1;
+    if (keep > (off_t)strlen(store_files[i].header))
+        s->had_rows = 1;
     o->committed = keep;
     return 0;
 }
@@ -511,6 +518,11 @@ static void pass_reset(store *s)
     }
     s->rows_pending = 0;
     s->pass_failed = 0;
+}
+
+void store_fail_pass(store *s)
+{
+    s->pass_failed = 1;
 }
 
 int store_commit(store *s)

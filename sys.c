@@ -528,13 +528,33 @@ int sys_ftruncate(int fd, off_t size)
     return ftruncate(fd, size);
 }
 
-/* One level: 0 when path is (now) a directory. */
+/* The directory that holds path[0..n): "." for a bare name, "/" for a
+ * name in the root. */
+static void parent_of(const char *path, size_t n, char out[PATH_SIZE])
+{
+    while (n > 0 && path[n - 1] != '/')
+        n--;                            /* to just after the last slash */
+    while (n > 1 && path[n - 1] == '/')
+        n--;                            /* without it, unless it is the root */
+    if (n == 0) {
+        strcpy(out, ".");
+        return;
+    }
+    memcpy(out, path, n);
+    out[n] = '\0';
+}
+
+/* One level: 1 when it was made (and its name made durable in the parent),
+ * 0 when it already was a directory, -1 with errno. */
 static int mkdir_one(const char *path)
 {
+    char parent[PATH_SIZE];
     struct stat st;
 
-    if (mkdir(path, 0755) == 0)
-        return 0;
+    if (mkdir(path, 0755) == 0) {
+        parent_of(path, strlen(path), parent);
+        return sys_fsync_dir(parent) == 0 ? 1 : -1;
+    }
     if (errno != EEXIST)
         return -1;
     if (stat(path, &st) != 0)
@@ -561,10 +581,10 @@ int sys_mkdir(const char *path)
             continue;
         memcpy(partial, path, i);
         partial[i] = '\0';
-        if (mkdir_one(partial) != 0)
+        if (mkdir_one(partial) < 0)
             return -1;
     }
-    return mkdir_one(path);
+    return mkdir_one(path) < 0 ? -1 : 0;
 }
 
 int sys_fsync_dir(const char *dir)
@@ -578,6 +598,51 @@ int sys_fsync_dir(const char *dir)
     sys_close(fd);
     errno = saved;
     return rc;
+}
+
+int sys_open_regular(const char *path, int flags, int mode, off_t *size)
+{
+    struct stat st;
+    int fd = sys_open(path, flags | O_NONBLOCK | O_NOCTTY, mode);
+
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) != 0) {
+        int saved = errno;
+        sys_close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        sys_close(fd);
+        return SYS_NOT_REGULAR;
+    }
+    if (size)
+        *size = st.st_size;
+    return fd;
+}
+
+FILE *sys_fopen_regular(const char *path, off_t max_size, const char **why)
+{
+    struct stat st;
+    FILE *f;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+
+    *why = NULL;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > max_size) {
+        int saved = errno;
+        if (fstat(fd, &st) == 0)
+            *why = !S_ISREG(st.st_mode) ? "not a regular file" : "too large";
+        close(fd);
+        errno = saved;
+        return NULL;
+    }
+    f = fdopen(fd, "r");
+    if (!f)
+        close(fd);
+    return f;
 }
 
 /* ------------------------------------------------------------------------
