@@ -1222,6 +1222,7 @@ static int witness_read(const fep_state *st, uint64_t *generation,
     if (n < 0)
         n = 0;
     text[n] = '\0';
+    text[strcspn(text, "\n")] = '\0';
     if (fields_split(text, f) != 3 || strcmp(f[0], WITNESS_MAGIC) != 0 ||
         parse_u64(f[1], UINT64_MAX, generation) != 0 ||
         parse_u64(f[2], UINT64_MAX, reservations) != 0) {

@@ -370,6 +370,177 @@ void test_remove_tree(const char *path)
     }
 }
 
+/* ------------------------------------------------------------------------
+ * Raw peers: a DCU or a FEP played by the test itself, frame by frame
+ * ---------------------------------------------------------------------- */
+
+/* A blocking TCP socket to 127.0.0.1:port with RAW_MS timeouts, or -1. */
+int raw_connect(int port)
+{
+    struct sockaddr_in a;
+    struct timeval tv = { RAW_MS / 1000, 0 };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int port_of(const char *addr)
+{
+    const char *colon = strrchr(addr, ':');
+
+    return colon ? atoi(colon + 1) : -1;
+}
+
+/* One frame from sid to did: a K of one record, or (cmd != 'K') an empty
+ * payload; protected when key is given. */
+int raw_send(int fd, const char *sid, const char *did, uint8_t ctl,
+                    uint8_t cmd, uint16_t qsn, uint16_t fsn, const gcm_key *key,
+                    uint32_t ic)
+{
+    uint8_t payload[1 + LP_RECORD_SIZE], out[FRAME_SIZE_MAX];
+    size_t len = 0, n;
+    frame_hdr h;
+
+    if (cmd == CMD_LP_RSP) {
+        lp_record r;
+
+        memcpy(r.meter_id, "MTR000000001", METER_ID_SIZE);
+        r.ts = 1767225600u + 900u * fsn + 60u * qsn;
+        r.import_wh = 1000 + fsn;
+        r.export_wh = 7;
+        r.status = 0;
+        payload[0] = 1;
+        lp_record_put(payload, 0, &r);
+        len = sizeof payload;
+    } else if (cmd == CMD_DCU_STATUS_RSP) {
+        dcu_status st = { 0x0102, 60, 1767225600u, 1, 0 };
+
+        dcu_status_put(payload, &st);
+        len = DCU_STATUS_SIZE;
+    }
+    h.ctl = ctl;
+    h.cmd = cmd;
+    frame_id_set(h.sid, sid);
+    frame_id_set(h.did, did);
+    h.qsn = qsn;
+    h.msn = fsn;
+    h.fsn = fsn;
+    n = frame_encode(out, sizeof out, &h, payload, len, key, ic);
+    return n > 0 && write(fd, out, n) == (ssize_t)n ? 0 : -1;
+}
+
+/* The next frame on fd (opened with key when protected): its command,
+ * 0x100 + code for a NACK, -1 on a timeout, a close or a bad frame.  The
+ * header goes to *hdr when given. */
+int raw_answer(int fd, const gcm_key *key, frame *hdr)
+{
+    static frame_rx rx;
+    static uint8_t plain[FRAME_DATA_MAX];
+
+    frame_rx_reset(&rx);
+    for (;;) {
+        frame f;
+        frame_result r = frame_rx_next(&rx, &f);
+        const uint8_t *p = f.data;
+        size_t len = f.data_len, room;
+        uint32_t ic;
+        uint8_t *space;
+        ssize_t n;
+
+        if (r == FRAME_READY) {
+            if (f.ctl & CTL_SEC) {
+                if (!key || frame_open(&f, key, plain, &len, &ic) != FEP_OK)
+                    return -1;
+                p = plain;
+            }
+            if (hdr)
+                *hdr = f;
+            return f.cmd == CMD_NACK && len == 1 ? 0x100 + p[0] : f.cmd;
+        }
+        if (r != FRAME_NEED_MORE)
+            return -1;
+        space = frame_rx_space(&rx, &room);
+        n = read(fd, space, room);
+        if (n <= 0)
+            return -1;
+        frame_rx_commit(&rx, (size_t)n);
+    }
+}
+
+/* Whether the peer closed fd within ms (a read sees the end). */
+int raw_closed(int fd, int ms)
+{
+    uint8_t sink[256];
+    int64_t deadline = sys_now_ms() + ms;
+
+    while (sys_now_ms() < deadline) {
+        fd_set r;
+        struct timeval tv = { 0, 20000 };
+
+        FD_ZERO(&r);
+        FD_SET(fd, &r);
+        if (select(fd + 1, &r, NULL, NULL, &tv) > 0) {
+            ssize_t n = read(fd, sink, sizeof sink);
+            if (n <= 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* A DCU in the test process: a listening socket fepd polls. */
+int dcu_listen(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 8) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* The next connection on a listening socket, with RAW_MS timeouts. */
+int dcu_accept(int lfd)
+{
+    struct timeval tv = { RAW_MS / 1000, 0 };
+    fd_set r;
+    int fd;
+
+    FD_ZERO(&r);
+    FD_SET(lfd, &r);
+    if (select(lfd + 1, &r, NULL, NULL, &tv) <= 0)
+        return -1;
+    fd = accept(lfd, NULL, NULL);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)

@@ -69,6 +69,30 @@ int test_wait_log(const char *path, const char *needle, long count, int ms);
 /* rm -r path. */
 void test_remove_tree(const char *path);
 
+/* Raw peers, frame by frame, with blocking sockets bounded by RAW_MS. */
+#define RAW_MS 3000                     /* a raw socket's read or write */
+#define NACK(code) (0x100 + (code))     /* raw_answer's value for a NACK */
+struct frame;
+struct gcm_key;
+/* A blocking TCP socket to 127.0.0.1:port, or -1. */
+int raw_connect(int port);
+/* The port of "host:port". */
+int port_of(const char *addr);
+/* One frame from sid to did: a K of one record, an S, or (other cmd) an
+ * empty payload; protected under key with IC ic when key is given. */
+int raw_send(int fd, const char *sid, const char *did, uint8_t ctl,
+             uint8_t cmd, uint16_t qsn, uint16_t fsn,
+             const struct gcm_key *key, uint32_t ic);
+/* The next frame on fd: its command, NACK(code), or -1; its header in
+ * *hdr when given. */
+int raw_answer(int fd, const struct gcm_key *key, struct frame *hdr);
+/* Whether the peer closed fd within ms. */
+int raw_closed(int fd, int ms);
+/* A listening socket on 127.0.0.1 (a DCU fepd polls); its port in *port. */
+int dcu_listen(int *port);
+/* The next connection on it, or -1 after RAW_MS. */
+int dcu_accept(int lfd);
+
 /* The suites, one per test file. */
 void test_crypto_suite(void);
 void test_frame_suite(void);

@@ -1482,55 +1482,6 @@ static void test_fep_push_idle(void)
     world_end(&w);
 }
 
-/* A plaintext push of one LP record (DCU00001, ts) as a single LAST packet. */
-static int raw_push(int fd, uint16_t qsn, uint32_t ts)
-{
-    uint8_t payload[1 + LP_RECORD_SIZE], buf[FRAME_SIZE_MAX];
-    lp_record r;
-    frame_hdr h;
-    size_t n;
-
-    memset(&r, 0, sizeof r);
-    memcpy(r.meter_id, "M00001000000", METER_ID_SIZE);
-    r.ts = ts;
-    r.import_wh = 1;
-    payload[0] = 1;
-    lp_record_put(payload, 0, &r);
-    memset(&h, 0, sizeof h);
-    h.ctl = CTL_DIR_DCU | CTL_LAST;
-    h.cmd = CMD_LP_RSP;
-    frame_id_set(h.sid, "DCU00001");
-    frame_id_set(h.did, "FEP00001");
-    h.qsn = qsn;
-    n = frame_encode(buf, sizeof buf, &h, payload, sizeof payload, NULL, 0);
-    return n > 0 && write(fd, buf, n) == (ssize_t)n ? 0 : -1;
-}
-
-/* fepd's answer on fd: 'A', or 0x100 + the code of a NACK; -1 for none. */
-static int raw_answer(int fd)
-{
-    static frame_rx rx;
-    frame f;
-    size_t room;
-    uint8_t *p;
-    ssize_t n;
-
-    frame_rx_reset(&rx);
-    for (;;) {
-        frame_result r = frame_rx_next(&rx, &f);
-        if (r == FRAME_READY)
-            return f.cmd == CMD_NACK && f.data_len == 1 ? 0x100 + f.data[0]
-                                                         : f.cmd;
-        if (r != FRAME_NEED_MORE)
-            return -1;
-        p = frame_rx_space(&rx, &room);
-        n = read(fd, p, room);
-        if (n <= 0)
-            return -1;
-        frame_rx_commit(&rx, (size_t)n);
-    }
-}
-
 /* A DCU whose first push is complete (its LAST packet acknowledged) but
  * whose connection is not closed yet pushes again on a new one: the first
  * session is over and must not make the second one BUSY. */
@@ -1548,10 +1499,12 @@ static void test_fep_push_next_while_closing(void)
         int first = tcp_connect(w.fep_port, 5), second = tcp_connect(w.fep_port, 5);
 
         CHECK(first >= 0 && second >= 0);
-        CHECK(raw_push(first, 1, 1767225600) == 0);
-        CHECK_EQ(raw_answer(first), CMD_ACK);
-        CHECK(raw_push(second, 2, 1767226500) == 0);
-        CHECK_EQ(raw_answer(second), CMD_ACK);
+        CHECK(raw_send(first, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 1, 0, NULL, 0) == 0);
+        CHECK_EQ(raw_answer(first, NULL, NULL), CMD_ACK);
+        CHECK(raw_send(second, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 2, 0, NULL, 0) == 0);
+        CHECK_EQ(raw_answer(second, NULL, NULL), CMD_ACK);
         close(first);
         close(second);
         CHECK(test_wait_log(w.fep_log, "session push DCU00001", 2, SETTLE_MS) == 0);
