@@ -908,6 +908,53 @@ static uint32_t crash_rand(uint32_t *s)
     return *s;
 }
 
+/* A keyed DCU played by the test: before each kill it pushes a packet
+ * that is not its last (so its session is still open at the kill) and
+ * keeps the connection; after the restart, that very frame must be a
+ * replay (PROTOCOL.md section 4: the mark is durable before the ACK). */
+#define CRASH_RAW_DCU 200
+
+static void crash_raw_key(gcm_key *key)
+{
+    char hex[2 * KEY_SIZE + 1];
+    uint8_t k[KEY_SIZE];
+
+    key_hex_of(CRASH_RAW_DCU, hex);
+    test_unhex(hex, k, sizeof k);
+    gcm_init(key, k);
+}
+
+/* Replays the frame ACKed before the last kill (NACK REPLAY expected),
+ * then sends the next one; the connection of the ACKed one, or -1. */
+static int crash_raw_push(struct run *r, const gcm_key *key, uint32_t *ic,
+                          unsigned long *replays)
+{
+    char sid[FRAME_ID_SIZE + 1];
+    int port = port_of(r->fep_addr), fd;
+
+    snprintf(sid, sizeof sid, "DCU%05u", CRASH_RAW_DCU);
+    if (*ic > 0) {
+        fd = raw_connect(port);
+        RCHECK(r, raw_send(fd, sid, "FEP00001", CTL_DIR_DCU, CMD_LP_RSP,
+                           (uint16_t)*ic, 0, key, *ic) == 0);
+        RCHECK_EQ(r, raw_answer(fd, key, NULL), NACK(FEP_ERR_REPLAY));
+        *replays += 1;
+        if (fd >= 0)
+            close(fd);
+    }
+    fd = raw_connect(port);
+    *ic += 1;
+    if (raw_send(fd, sid, "FEP00001", CTL_DIR_DCU, CMD_LP_RSP, (uint16_t)*ic,
+                 0, key, *ic) == 0 &&
+        raw_answer(fd, key, NULL) == CMD_ACK)
+        return fd;
+    RCHECK(r, !"the raw DCU's push was not ACKed");
+    if (fd >= 0)
+        close(fd);
+    *ic -= 1;                           /* nothing to replay next time */
+    return -1;
+}
+
 /*
  * 4 keyed DCUs polled every 0.2 s (k,s,m,n; 50 records in 5 packets a
  * poll, so that kills land inside exchanges) while 20 keyed DCUs push K,
@@ -928,8 +975,10 @@ static void test_fault_crash_keyed(void)
     unsigned long points = env_ulong("FEP_CRASH_POINTS",
                                      env_on("FEP_TEST_LONG") ? 100 : 6);
     uint32_t seed = (uint32_t)env_ulong("FEP_CRASH_SEED", 1);
-    unsigned long i, survived = 0, in_startup = 0;
-    int pushing = 0;
+    unsigned long i, survived = 0, in_startup = 0, replays = 0;
+    int pushing = 0, raw_fd = -1;
+    uint32_t raw_ic = 0;
+    gcm_key raw_key;
     char listen[64];
     struct run r;
     long ok_before;
@@ -952,7 +1001,9 @@ static void test_fault_crash_keyed(void)
         conf_dcu(f, (unsigned)i, r.sim_addr, 1, "k,s,m,n");
     for (i = 101; i <= 120; i++)
         conf_dcu(f, (unsigned)i, NULL, 1, "k");
+    conf_dcu(f, CRASH_RAW_DCU, NULL, 1, "k");
     fclose(f);
+    crash_raw_key(&raw_key);
     if (poller_start(&r, poller_args) != 0) {
         run_end(&r);
         return;
@@ -979,11 +1030,15 @@ static void test_fault_crash_keyed(void)
             if (!pushing)
                 pusher_start(&r, pusher_args);
             pushing = 1;
+            raw_fd = crash_raw_push(&r, &raw_key, &raw_ic, &replays);
             test_sleep_ms((int)(x >> 8) % 400);
         }
         kill(r.fep, SIGKILL);
         rc = test_wait(r.fep, STOP_MS);
         r.fep = -1;
+        if (raw_fd >= 0)
+            close(raw_fd);
+        raw_fd = -1;
         /* Killed, or (during start-up) not yet started: never by itself. */
         RCHECK(&r, rc == 128 + SIGKILL);
         survived += rc == 128 + SIGKILL;
@@ -1013,9 +1068,10 @@ static void test_fault_crash_keyed(void)
     check_no_ic_reuse(&r, r.push_log);
     printf("     fault_crash_keyed: %lu kill points survived (%lu during "
            "start-up), %zu records acked, %s lost, torn lines cut at "
-           "restart: %ld\n",
+           "restart: %ld, frames ACKed before a kill replayed after it: %lu, "
+           "all NACK REPLAY\n",
            survived, in_startup, acked, r.failures ? "some may be" : "none",
-           test_log_count(r.fep_log, "torn last line"));
+           test_log_count(r.fep_log, "torn last line"), replays);
     run_end(&r);
 }
 
