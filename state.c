@@ -1262,11 +1262,21 @@ static int exists(const char *path)
     return lstat(path, &sb) == 0;
 }
 
+/* A journal that holds anything: a first start that failed before its
+ * first snapshot leaves an empty one (created before the snapshot is
+ * written), which shows nothing. */
+static int journal_written(const char *path)
+{
+    struct stat sb;
+
+    return lstat(path, &sb) == 0 && (!S_ISREG(sb.st_mode) || sb.st_size > 0);
+}
+
 /* No snapshot: a first start, or a lost state. */
 static int state_missing(const fep_state *st, const state_start *how,
                          char *err, size_t errlen)
 {
-    const char *sign = exists(st->journal_path) ? st->journal_path :
+    const char *sign = journal_written(st->journal_path) ? st->journal_path :
                        exists(st->witness_path) ? st->witness_path : NULL;
 
     if (sign == NULL && !how->data_has_rows)
