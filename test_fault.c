@@ -1326,10 +1326,15 @@ static void start_refused(const char *tag, const char *state_text, int fifo,
 static void test_fault_start_refused(void)
 {
     /* A state file fepd cannot read: it will not guess the ICs. */
-    start_refused("st-tx", "tx zz\n", 0, 0, "fepd.state:1: tx:");
-    start_refused("st-rx", "rx DCU00001 0011\n", 0, 0, "fepd.state:1: rx:");
-    start_refused("st-dcu", "dcu DCU00001 x 1 2 3\n", 0, 0,
-                  "fepd.state:1: dcu:");
+    start_refused("st-tx", "fepd-state 2 1\ntx zz\n", 0, 0,
+                  "fepd.state:2: tx:");
+    start_refused("st-rx", "fepd-state 2 1\nrx DCU00001 0011\n", 0, 0,
+                  "fepd.state:2: rx:");
+    start_refused("st-dcu", "fepd-state 2 1\ndcu DCU00001 x 1 2 3\n", 0, 0,
+                  "fepd.state:2: dcu:");
+    start_refused("st-head", "tx zz\n", 0, 0, "fepd.state:1: no header line");
+    start_refused("st-end", "fepd-state 2 1\n", 0, 0,
+                  "fepd.state:2: no end line: the file is truncated");
     /* fifo < 0: the text's NUL terminator is written too. */
     start_refused("st-nul", "# x", -1, 0, "NUL byte");
     /* Not a regular file where lp.csv belongs. */
