@@ -147,6 +147,7 @@ static session *slot_open(fepd *d, enum slot_kind kind, int fd,
     s->fd = fd;
     s->dcu = -1;
     s->key_index = -1;
+    s->mark_index = -1;
     if (peer)
         s->peer = *peer;
     s->opened_at = where;

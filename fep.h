@@ -656,6 +656,9 @@ typedef struct fep_state {
     uint64_t reservations;              /* tx lines in the journal since it */
     int dirty;                          /* something changed since the last save */
     int marks_raised;                   /* a mark rose: save before the pass's ACKs */
+    unsigned *marks_changed;            /* marks raised since the last save */
+    unsigned n_marks_changed;
+    uint8_t *mark_listed;               /* per mark: in marks_changed */
     unsigned *changed;                  /* DCUs whose dcu_state.changed is set */
     unsigned n_changed;
     int changed_rescan;                 /* the list lost track: rebuild it from the flags */
@@ -680,6 +683,10 @@ uint32_t state_rx_mark(const fep_state *st, unsigned dcu);
 /* Raises DCU dcu's replay mark to ic: the next state_save makes it durable,
  * and the loop saves before it sends the ACKs of the pass. */
 void state_rx_raise(fep_state *st, unsigned dcu, uint32_t ic);
+/* The value of mark (an index into marks, -1: none, 0), and raising it:
+ * a session uses the mark of the key it began with. */
+uint32_t state_mark_value(const fep_state *st, int mark);
+void state_mark_raise(fep_state *st, int mark, uint32_t ic);
 /* Marks DCU dcu's statistics as changed (and the state dirty). */
 void state_touch(fep_state *st, unsigned dcu);
 /* Makes every change durable: appends the lines of the DCUs marked by
@@ -750,10 +757,12 @@ typedef struct session {
     uint16_t msn;                       /* our frame counter on this connection */
     /* security: key of the DCU we talk to, set when it is known */
     int key_index;                      /* into state.keys, or -1: plaintext */
+    int mark_index;                     /* into state.marks, or -1: plaintext */
     gcm_key key;
     uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
     /* the exchange */
-    unsigned request;                   /* poll: index into the DCU's poll letters */
+    char poll[POLL_CMDS_MAX + 1];       /* poll: the cycle's requests, as it began */
+    unsigned request;                   /* poll: index into poll */
     uint8_t expect;                     /* poll: response command expected */
     int exchange_open;                  /* poll: request sent; push: packet 0 seen */
     uint16_t qsn;

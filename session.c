@@ -168,17 +168,16 @@ static uint8_t response_to(uint8_t request)
  * the cycle is complete. */
 static void next_request(fepd *d, session *s)
 {
-    const dcu_conf *dc = &d->cfg.dcus[s->dcu];
     dcu_state *ds = &d->state.dcus[s->dcu];
     uint8_t payload[LP_REQ_SIZE];
     uint8_t cmd;
     size_t len = 0;
 
-    if (s->request >= strlen(dc->poll) || d->stopping) {
+    if (s->request >= strlen(s->poll) || d->stopping) {
         sess_end(d, s, s->failures ? FEP_ERR_NACKED : FEP_OK);
         return;
     }
-    cmd = (uint8_t)dc->poll[s->request++];
+    cmd = (uint8_t)s->poll[s->request++];
     if (cmd == CMD_LP_REQ) {
         lp_req_put(payload, 0, 0);      /* every record not yet delivered */
         len = LP_REQ_SIZE;
@@ -202,6 +201,7 @@ static void peer_set(fepd *d, session *s, int i, const uint8_t sid[FRAME_ID_SIZE
 {
     memcpy(s->peer_sid, sid, FRAME_ID_SIZE);
     s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
+    s->mark_index = i >= 0 ? d->state.dcus[i].mark : -1;
     if (s->key_index >= 0)
         gcm_init(&s->key, d->cfg.dcus[i].key);
 }
@@ -215,6 +215,9 @@ static void bind_dcu(fepd *d, session *s, int i)
 
 void sess_poll_start(fepd *d, session *s, int dcu)
 {
+    /* The session keeps what it began with: a reload that changes the DCU
+     * meanwhile applies to its next session. */
+    memcpy(s->poll, d->cfg.dcus[dcu].poll, sizeof s->poll);
     peer_set(d, s, dcu, d->cfg.dcus[dcu].sid);
     bind_dcu(d, s, dcu);
 }
@@ -284,11 +287,11 @@ static fep_err open_payload(fepd *d, session *s, const frame *f,
         return FEP_ERR_SECURITY;
     if (frame_open(f, &s->key, d->scratch, len, &ic) != FEP_OK)
         return FEP_ERR_SECURITY;
-    if (ic <= state_rx_mark(&d->state, (unsigned)s->dcu))
+    if (ic <= state_mark_value(&d->state, s->mark_index))
         return FEP_ERR_REPLAY;
     /* Durable before the frame is acted on: every frame that raised the
      * mark waits for the pass's commit (SLOT_STORING). */
-    state_rx_raise(&d->state, (unsigned)s->dcu, ic);
+    state_mark_raise(&d->state, s->mark_index, ic);
     *payload = d->scratch;
     return FEP_OK;
 }
@@ -331,7 +334,7 @@ static void request_refused(fepd *d, session *s, const frame *f,
 
     if (f->cmd == CMD_NACK && len == NACK_SIZE)
         log_msg(LOG_WARN, "poll %s: request '%c' refused with NACK %s", id,
-                s->request ? d->cfg.dcus[s->dcu].poll[s->request - 1] : '?',
+                s->request ? s->poll[s->request - 1] : '?',
                 fep_nack_name(payload[0]));
     else
         log_msg(LOG_WARN, "poll %s: %s instead of a response", id,

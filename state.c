@@ -58,8 +58,9 @@
  * The witness cannot see marks lost by a journal cut by hand between two
  * reservations; fepd(8) says so.
  *
- * A save costs what changed, not what is configured: state_touch and
- * state_rx_raise list a DCU; state_save appends the listed DCUs' lines.
+ * A save costs what changed, not what is configured: state_touch lists a
+ * DCU whose statistics changed, state_mark_raise a mark; state_save
+ * appends their lines.
  * The snapshot is rewritten (a compaction) at start-up, at shutdown, when
  * the journal has outgrown max(JOURNAL_BOUND_MIN, the snapshot), or when
  * the journal is not the file fepd wrote.  Version 1 files (no header, no
@@ -301,18 +302,6 @@ static char *dcu_line_put(char *p, const dcu_conf *c, const dcu_state *d)
     return p;
 }
 
-/* DCU i's lines as the snapshot has them. */
-static char *dcu_entry_put(char *p, const fep_state *st, unsigned i)
-{
-    const dcu_state *d = &st->dcus[i];
-
-    if (d->mark >= 0 && st->marks[d->mark].last_ic > 0)
-        p = rx_line_put(p, st, &st->marks[d->mark]);
-    if (dcu_has_stats(d))
-        p = dcu_line_put(p, &st->cfg->dcus[i], d);
-    return p;
-}
-
 /* ------------------------------------------------------------------------
  * Writing: a buffered writer over one descriptor
  * ---------------------------------------------------------------------- */
@@ -505,24 +494,42 @@ static void marks_clear(fep_state *st)
     for (j = 0; j < st->n_changed; j++)
         st->dcus[st->changed[j]].changed = 0;
     st->n_changed = 0;
+    for (j = 0; j < st->n_marks_changed; j++)
+        st->mark_listed[st->marks_changed[j]] = 0;
+    st->n_marks_changed = 0;
 }
 
 uint32_t state_rx_mark(const fep_state *st, unsigned dcu)
 {
-    const dcu_state *d = &st->dcus[dcu];
-
-    return d->mark >= 0 ? st->marks[d->mark].last_ic : 0;
+    return state_mark_value(st, st->dcus[dcu].mark);
 }
 
 void state_rx_raise(fep_state *st, unsigned dcu, uint32_t ic)
 {
-    dcu_state *d = &st->dcus[dcu];
+    state_mark_raise(st, st->dcus[dcu].mark, ic);
+}
 
-    if (d->mark < 0 || ic <= st->marks[d->mark].last_ic)
+uint32_t state_mark_value(const fep_state *st, int mark)
+{
+    return mark >= 0 && (unsigned)mark < st->n_marks ? st->marks[mark].last_ic
+                                                     : 0;
+}
+
+/* A mark is listed on its own, not through its DCU: a session goes on
+ * under the key it began with, even when a reload has changed the DCU's
+ * key meanwhile, and the mark it raises is that key's. */
+void state_mark_raise(fep_state *st, int mark, uint32_t ic)
+{
+    if (mark < 0 || (unsigned)mark >= st->n_marks ||
+        ic <= st->marks[mark].last_ic)
         return;
-    st->marks[d->mark].last_ic = ic;
+    st->marks[mark].last_ic = ic;
     st->marks_raised = 1;
-    state_touch(st, dcu);
+    st->dirty = 1;
+    if (st->mark_listed[mark])
+        return;
+    st->mark_listed[mark] = 1;
+    st->marks_changed[st->n_marks_changed++] = (unsigned)mark;
 }
 
 /* ------------------------------------------------------------------------
@@ -619,10 +626,14 @@ static int journal_append_marked(fep_state *st, const char **what)
     w.fd = journal_open(st, what);
     if (w.fd < 0)
         return w.fd;
+    for (j = 0; j < st->n_marks_changed; j++)
+        writer_put(&w, rx_line_put(writer_at(&w), st,
+                                   &st->marks[st->marks_changed[j]]));
     for (j = 0; j < st->n_changed; j++) {
         unsigned i = st->changed[j];
-        if (st->dcus[i].changed)
-            writer_put(&w, dcu_entry_put(writer_at(&w), st, i));
+        if (st->dcus[i].changed && dcu_has_stats(&st->dcus[i]))
+            writer_put(&w, dcu_line_put(writer_at(&w), &st->cfg->dcus[i],
+                                        &st->dcus[i]));
     }
     if (journal_commit(&w, what) != 0)
         return -1;
@@ -714,7 +725,7 @@ static int state_save_err(fep_state *st, int snapshot, char *err,
 
     if (st->changed_rescan)
         marks_rebuild(st);
-    if (!snapshot && st->n_changed > 0) {
+    if (!snapshot && (st->n_changed > 0 || st->n_marks_changed > 0)) {
         rc = journal_append_marked(st, &what);
         if (rc == -1) {
             snprintf(err, errlen, "%s: append (%s): %s", st->journal_path,
@@ -1361,12 +1372,15 @@ static int state_alloc(fep_state *st, const fep_config *cfg)
     st->changed = calloc(cap, sizeof *st->changed);
     st->keys = calloc(st->keys_cap, sizeof *st->keys);
     st->marks = calloc(st->marks_cap, sizeof *st->marks);
+    st->marks_changed = calloc(st->marks_cap, sizeof *st->marks_changed);
+    st->mark_listed = calloc(st->marks_cap, 1);
     st->key_index = calloc(slots, sizeof *st->key_index);
     st->mark_index = calloc(slots, sizeof *st->mark_index);
     st->buf_cap = STATE_BUF_SIZE;
     st->buf = malloc(st->buf_cap);
     return st->dcus && st->changed && st->keys && st->marks &&
-           st->key_index && st->mark_index && st->buf ? 0 : -1;
+           st->marks_changed && st->mark_listed && st->key_index &&
+           st->mark_index && st->buf ? 0 : -1;
 }
 
 static int path_join(char out[PATH_SIZE], const char *dir, const char *name)
@@ -1460,6 +1474,8 @@ void state_release(fep_state *st)
     free(st->changed);
     free(st->keys);
     free(st->marks);
+    free(st->marks_changed);
+    free(st->mark_listed);
     free(st->key_index);
     free(st->mark_index);
     free(st->buf);
