@@ -466,7 +466,6 @@ static int dcu_address(config_reader *r, dcu_conf *dc, const char *text)
 {
     char why[WHY_SIZE];
 
-    copy_text(dc->addr_text, sizeof dc->addr_text, text);
     if (strcmp(text, "-") == 0) {
         dc->has_addr = 0;
         return 0;

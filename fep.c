@@ -360,7 +360,10 @@ static void start_poll(fepd *d, int i, int64_t now)
     session *s;
 
     if (fd < 0) {
-        log_msg(LOG_WARN, "poll %s: connect to %s: %s", dc->id, dc->addr_text,
+        char addr[SYS_ADDR_TEXT];
+
+        sys_addr_str(&dc->addr, addr, sizeof addr);
+        log_msg(LOG_WARN, "poll %s: connect to %s: %s", dc->id, addr,
                 strerror(errno));
         sess_result(d, i, KIND_POLL, FEP_ERR_CONNECT);
         return;
@@ -439,10 +442,12 @@ static void schedule_polls(fepd *d, int64_t now)
 static void slot_connected(fepd *d, session *s, int64_t now)
 {
     int err = sys_connect_result(s->fd);
+    char addr[SYS_ADDR_TEXT];
 
     if (err != 0) {
+        sys_addr_str(&d->cfg.dcus[s->dcu].addr, addr, sizeof addr);
         log_msg(LOG_WARN, "poll %s: connect to %s: %s", d->cfg.dcus[s->dcu].id,
-                d->cfg.dcus[s->dcu].addr_text, strerror(err));
+                addr, strerror(err));
         slot_abort(d, s, FEP_ERR_CONNECT);
         return;
     }

@@ -380,9 +380,13 @@ void lp_req_put(uint8_t *p, uint32_t from, uint32_t to);
  * and a test build (-DFEP_FAULT) can make any of them fail.
  * ---------------------------------------------------------------------- */
 
+/* An IPv4 or IPv6 address and port, in 24 bytes (a sockaddr_storage is
+ * 128): one is kept per DCU and per slot. */
 typedef struct sys_addr {
-    struct sockaddr_storage ss;
-    socklen_t len;
+    uint8_t family;                     /* 4 or 6; 0: none */
+    uint8_t ip[16];                     /* network order; IPv4 in the first 4 */
+    uint16_t port;
+    uint32_t scope_id;                  /* IPv6 link-local scope */
 } sys_addr;
 
 /* Monotonic milliseconds (deadlines) and wall-clock seconds (CSV times). */
@@ -392,8 +396,10 @@ int64_t sys_wall_s(void);
 /* "host:port", "[v6]:port" or "name:port" -> address (resolves now, once).
  * Returns 0, or -1 with a message in err. */
 int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen);
-/* Writes "ip:port" of a into out. */
+/* Writes "ip:port" (or "[ip6]:port") of a into out. */
+#define SYS_ADDR_TEXT 64                /* room for any of them */
 void sys_addr_str(const sys_addr *a, char *out, size_t outlen);
+int sys_addr_equal(const sys_addr *a, const sys_addr *b);
 
 /* Sockets: non-blocking, close-on-exec, SIGPIPE suppressed.  Each returns
  * the descriptor or -1 with errno set. */
@@ -507,10 +513,10 @@ FEP_STATIC_ASSERT(METRICS_REQUEST_MAX <= RX_BUF_SIZE, metrics_request_fits);
 typedef struct dcu_conf {
     char id[FRAME_ID_SIZE + 1];         /* as written, without padding */
     uint8_t sid[FRAME_ID_SIZE];         /* padded, as on the wire */
-    int has_addr;
+    uint8_t has_addr;
+    uint8_t has_key;
+    uint8_t removed;                    /* by a reload: kept while a slot may name it */
     sys_addr addr;
-    char addr_text[64];                 /* as written, for messages */
-    int has_key;
     uint8_t key[KEY_SIZE];
     char poll[POLL_CMDS_MAX + 1];       /* request letters in order, "k" by default */
     unsigned line;                      /* line of the config file */

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
 
 #include "fep.h"
@@ -159,6 +160,65 @@ int64_t sys_wall_s(void)
  * Addresses
  * ---------------------------------------------------------------------- */
 
+/* A socket address into the compact form, and back. */
+static int addr_from_sockaddr(const struct sockaddr *sa, sys_addr *out)
+{
+    memset(out, 0, sizeof *out);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        out->family = 4;
+        memcpy(out->ip, &in->sin_addr, 4);
+        out->port = ntohs(in->sin_port);
+        return 0;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 =
+            (const struct sockaddr_in6 *)(const void *)sa;
+        out->family = 6;
+        memcpy(out->ip, &in6->sin6_addr, 16);
+        out->port = ntohs(in6->sin6_port);
+        out->scope_id = in6->sin6_scope_id;
+        return 0;
+    }
+    return -1;
+}
+
+static socklen_t addr_to_sockaddr(const sys_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == 6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)(void *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, a->ip, 16);
+        in6->sin6_port = htons(a->port);
+        in6->sin6_scope_id = a->scope_id;
+        return sizeof *in6;
+    } else {
+        struct sockaddr_in *in = (struct sockaddr_in *)(void *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, a->ip, 4);
+        in->sin_port = htons(a->port);
+        return sizeof *in;
+    }
+}
+
+/* A numeric address needs no resolver: no blocking, no allocation (a
+ * reload parses the whole config file again). */
+static int addr_numeric(const char *host, unsigned port, sys_addr *out)
+{
+    memset(out, 0, sizeof *out);
+    out->port = (uint16_t)port;
+    if (inet_pton(AF_INET, host, out->ip) == 1) {
+        out->family = 4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, out->ip) == 1) {
+        out->family = 6;
+        return 0;
+    }
+    return -1;
+}
+
 int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen)
 {
     char host[256];
@@ -186,46 +246,51 @@ int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen)
         port = colon + 1;
     }
     if (hostlen == 0 || hostlen >= sizeof host || !*port ||
-        strspn(port, "0123456789") != strlen(port) || atol(port) < 1 ||
-        atol(port) > 65535) {
+        strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
+        atol(port) < 1 || atol(port) > 65535) {
         snprintf(err, errlen, "'%s': bad host or port (1..65535)", text);
         return -1;
     }
     memcpy(host, text, hostlen);
     host[hostlen] = '\0';
+    if (addr_numeric(host, (unsigned)atol(port), out) == 0)
+        return 0;
 
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
     rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0 || !res) {
+    if (rc != 0 || !res || addr_from_sockaddr(res->ai_addr, out) != 0) {
         snprintf(err, errlen, "'%s': cannot resolve '%s': %s", text, host,
                  rc ? gai_strerror(rc) : "no address");
         if (res)
             freeaddrinfo(res);
         return -1;
     }
-    memset(out, 0, sizeof *out);
-    memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
-    out->len = (socklen_t)res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
 }
 
 void sys_addr_str(const sys_addr *a, char *out, size_t outlen)
 {
-    char host[64], port[8];    /* an IPv6 literal is at most 45 bytes */
+    char host[INET6_ADDRSTRLEN];
 
-    if (getnameinfo((const struct sockaddr *)&a->ss, a->len, host, sizeof host,
-                    port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    if (a->family == 0 ||
+        !inet_ntop(a->family == 6 ? AF_INET6 : AF_INET, a->ip, host,
+                   sizeof host)) {
         snprintf(out, outlen, "?");
         return;
     }
-    if (a->ss.ss_family == AF_INET6)
-        snprintf(out, outlen, "[%s]:%s", host, port);
-    else
-        snprintf(out, outlen, "%s:%s", host, port);
+    snprintf(out, outlen, a->family == 6 ? "[%s]:%u" : "%s:%u", host,
+             (unsigned)a->port);
+}
+
+int sys_addr_equal(const sys_addr *a, const sys_addr *b)
+{
+    return a->family == b->family && a->port == b->port &&
+           a->scope_id == b->scope_id &&
+           memcmp(a->ip, b->ip, a->family == 6 ? 16 : 4) == 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -266,7 +331,8 @@ static int socket_setup(int fd)
 /* A new non-blocking stream socket for a's family; -1 with errno. */
 static int socket_open(const sys_addr *a)
 {
-    int fd = fd_adopt(socket(a->ss.ss_family, SOCK_STREAM, 0));
+    int fd = fd_adopt(socket(a->family == 6 ? AF_INET6 : AF_INET,
+                             SOCK_STREAM, 0));
     int saved;
 
     if (fd < 0)
@@ -282,11 +348,13 @@ static int socket_open(const sys_addr *a)
 int sys_listen(const sys_addr *a, int backlog)
 {
     int fd = socket_open(a), one = 1, saved;
+    struct sockaddr_storage ss;
+    socklen_t len = addr_to_sockaddr(a, &ss);
 
     if (fd < 0)
         return -1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 &&
+    if (bind(fd, (const struct sockaddr *)&ss, len) == 0 &&
         listen(fd, backlog) == 0)
         return fd;
     saved = errno;
@@ -298,6 +366,8 @@ int sys_listen(const sys_addr *a, int backlog)
 int sys_connect(const sys_addr *a, int *in_progress)
 {
     int fd, fault = fault_check(OP_CONNECT), saved, one = 1;
+    struct sockaddr_storage ss;
+    socklen_t len = addr_to_sockaddr(a, &ss);
 
     if (fault > 0) {
         errno = fault;
@@ -309,7 +379,7 @@ int sys_connect(const sys_addr *a, int *in_progress)
     /* Requests and ACKs are single small frames: send them at once. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     *in_progress = 0;
-    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+    if (connect(fd, (const struct sockaddr *)&ss, len) == 0)
         return fd;
     if (errno == EINPROGRESS || errno == EINTR) {
         *in_progress = 1;
@@ -354,11 +424,8 @@ int sys_accept(int listen_fd, sys_addr *peer)
         return -1;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (peer) {
+    if (peer && addr_from_sockaddr((const struct sockaddr *)&ss, peer) != 0)
         memset(peer, 0, sizeof *peer);
-        memcpy(&peer->ss, &ss, len);
-        peer->len = len;
-    }
     return fd;
 }
 

@@ -163,14 +163,12 @@ static void check_design_dcus(const fep_config *cfg, unsigned first_line)
     CHECK_MEM(a->sid, "DCU00001", FRAME_ID_SIZE);
     CHECK_EQ(a->has_addr, 1);
     CHECK(addr_is(&a->addr, "127.0.0.1:7001"));
-    CHECK(strcmp(a->addr_text, "127.0.0.1:7001") == 0);
     CHECK_EQ(a->has_key, 1);
     CHECK_MEM(a->key, key_00_0f, KEY_SIZE);
     CHECK(strcmp(a->poll, "ks") == 0);
     CHECK_EQ(a->line, first_line);
     CHECK(strcmp(b->id, "DCU00002") == 0);
     CHECK_EQ(b->has_addr, 0);
-    CHECK(strcmp(b->addr_text, "-") == 0);
     CHECK_EQ(b->has_key, 0);
     CHECK(strcmp(b->poll, "k") == 0);
     CHECK_EQ(b->line, first_line + 1);
@@ -291,11 +289,10 @@ static void test_ipv6_address(void)
         CHECK(0);
         return;
     }
-    CHECK(cfg.has_listen && cfg.listen.ss.ss_family == AF_INET6);
+    CHECK(cfg.has_listen && cfg.listen.family == 6);
     CHECK(addr_is(&cfg.listen, "[::1]:7100"));
-    CHECK(cfg.dcus[0].has_addr && cfg.dcus[0].addr.ss.ss_family == AF_INET6);
+    CHECK(cfg.dcus[0].has_addr && cfg.dcus[0].addr.family == 6);
     CHECK(addr_is(&cfg.dcus[0].addr, "[::1]:7001"));
-    CHECK(strcmp(cfg.dcus[0].addr_text, "[::1]:7001") == 0);
     config_release(&cfg);
 }
 
