@@ -44,7 +44,8 @@ int test_wait(pid_t pid, int timeout_ms);
  * sys_now_ms is the clock). */
 void test_sleep_ms(int ms);
 
-/* A fresh empty directory under $TMPDIR (or /tmp), name in out. */
+/* A fresh empty directory under the run's temporary root (test.c), name in
+ * out; 0 or -1. */
 int test_tmpdir(char *out, size_t cap, const char *tag);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int test_free_port(void);
