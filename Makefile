@@ -233,3 +233,15 @@ coverage:
 test-long: $(PROGRAMS)
 	FEP_TEST_LONG=1 ./fep_test fault_sweep
 	FEP_TEST_LONG=1 ./fep_test fault_crash
+
+# make install / uninstall, after make: they build nothing, so that a test
+# run cannot rebuild the programs under test (scripts/install.sh says what
+# goes where).
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: install uninstall
+install:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh install
+uninstall:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh uninstall
