@@ -439,6 +439,7 @@ int main(int argc, char **argv)
     test_sim_suite();
     test_fep_suite();
     test_fault_suite();
+    test_docs_suite();
 
     temp_root_end();
     printf("%u passed, %u failed\n", tests_passed, tests_failed);
