@@ -56,6 +56,11 @@ void test_run(const char *name, void (*fn)(void))
     fflush(stdout);
 }
 
+int test_failing(void)
+{
+    return checks_failed_in_test > 0;
+}
+
 static void check_failed(void)
 {
     /* Stop a runaway loop of failures from flooding the log. */

@@ -22,6 +22,9 @@ void test_check_u64(uint64_t a, uint64_t b, const char *file, int line,
 void test_check_mem(const void *a, const void *b, size_t n, const char *file,
                     int line, const char *ea, const char *eb);
 
+/* 1 when a CHECK of the running test has failed (to keep its files). */
+int test_failing(void);
+
 #define CHECK(c) test_check(!!(c), __FILE__, __LINE__, #c)
 #define CHECK_EQ(a, b) \
     test_check_u64((uint64_t)(a), (uint64_t)(b), __FILE__, __LINE__, #a, #b)

@@ -14,7 +14,8 @@
  * `.It Li fep_...` items of METRICS.  The quick start is the first fenced
  * block after the line `<!-- quickstart ... -->` of the README.
  *
- * Owns: one test directory per test (test_tmpdir), and the processes it
+ * Owns: one test directory per test (test_tmpdir; removed when the test
+ * passed, kept under the run's root when it failed), and the processes it
  * starts: fepd, sh running the quick start (in a process group of its own,
  * killed as a whole at the end, so that a dcusim it left running goes too),
  * make.  Runs from the top of the source tree, like the other test files.
@@ -389,9 +390,9 @@ static void test_docs_readme_quickstart(void)
     CHECK(strstr(text, want) != NULL);
     CHECK(strstr(text, "dcu_id,meter_id,ts,") != NULL);
     CHECK(strstr(text, ": ok (") != NULL);
-    if (rc != 0 || !strstr(text, want))
+    if (test_failing())
         fprintf(stderr, "  the quick start said:\n%s\n", text);
-    if (rc == 0)
+    else
         test_remove_tree(dir);
 }
 
@@ -447,7 +448,8 @@ static void test_docs_fepd_options(void)
         return;
     man_items(text, "DESCRIPTION", "Fl", "-", &doc);
     check_same_names(&doc, MAN_FEPD, &code, "fepd -h");
-    test_remove_tree(dir);
+    if (!test_failing())
+        test_remove_tree(dir);
 }
 
 static void test_docs_dcusim_options(void)
@@ -465,7 +467,8 @@ static void test_docs_dcusim_options(void)
         return;
     man_items(text, "DESCRIPTION", "Fl", "-", &doc);
     check_same_names(&doc, MAN_DCUSIM, &code, "dcusim -h");
-    test_remove_tree(dir);
+    if (!test_failing())
+        test_remove_tree(dir);
 }
 
 /* GET /metrics from 127.0.0.1:port into text; bytes read, or -1. */
@@ -537,7 +540,8 @@ static void test_docs_metrics(void)
         return;
     man_items(text, "METRICS", "Li", "", &doc);
     check_same_names(&doc, MAN_FEPD, &code, "GET /metrics");
-    test_remove_tree(dir);
+    if (!test_failing())
+        test_remove_tree(dir);
 }
 
 /* ------------------------------------------------------------------------
@@ -640,7 +644,8 @@ static void test_docs_install(void)
     CHECK_EQ(count_files(dest), 0);
     if (rc != 0 && read_text(log) == 0)
         fprintf(stderr, "  make said:\n%s\n", text);
-    test_remove_tree(dir);
+    if (!test_failing())
+        test_remove_tree(dir);
 }
 
 /*
@@ -675,7 +680,8 @@ static void test_docs_man_lint(void)
         said++;
     }
     CHECK_EQ(said, 0);
-    test_remove_tree(dir);
+    if (!test_failing())
+        test_remove_tree(dir);
 }
 
 void test_docs_suite(void)
