@@ -16,7 +16,7 @@ FEPD_MODULES = config.c store.c state.c metrics.c
 FEPD_SRC = fep.c session.c $(FEPD_MODULES) $(CORE_SRC)
 DCUSIM_SRC = dcusim.c $(CORE_SRC)
 TEST_FILES = test.c test_crypto.c test_frame.c test_config.c test_store.c \
-             test_sim.c test_fep.c test_fault.c test_trust.c
+             test_sim.c test_fep.c test_fault.c test_trust.c test_docs.c
 # The unit tests link fepd's modules (not fep.c, which holds main).
 TEST_SRC = $(TEST_FILES) $(wildcard $(FEPD_MODULES)) $(CORE_SRC)
 BENCH_SRC = bench.c $(CORE_SRC)
@@ -233,3 +233,15 @@ coverage:
 test-long: $(PROGRAMS)
 	FEP_TEST_LONG=1 ./fep_test fault_sweep
 	FEP_TEST_LONG=1 ./fep_test fault_crash
+
+# make install / uninstall, after make: they build nothing, so that a test
+# run cannot rebuild the programs under test (scripts/install.sh says what
+# goes where).
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: install uninstall
+install:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh install
+uninstall:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh uninstall

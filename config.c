@@ -749,6 +749,13 @@ int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
     return rc;
 }
 
+const char *config_directive_name(unsigned i)
+{
+    if (i < DIRECTIVES)
+        return directives[i].name;
+    return i == DIRECTIVES ? "dcu" : NULL;
+}
+
 int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
 {
     unsigned lo = 0, hi = cfg->n_dcus;

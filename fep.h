@@ -548,6 +548,9 @@ typedef struct fep_config {
 /* Reads and checks the whole file; allocates the DCU arrays once.  On error
  * returns -1 with "FILE:LINE: problem" in err and nothing allocated. */
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen);
+/* The directives the loader knows, one per i from 0 ("dcu" among them), then
+ * NULL: what fepd.conf(5) must list, no more and no less. */
+const char *config_directive_name(unsigned i);
 /* Index of the DCU whose SID is sid, or -1. */
 int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
 void config_release(fep_config *cfg);

@@ -5,8 +5,15 @@
  * The last line printed is "N passed, M failed"; the exit status is 0 only
  * when nothing failed and at least one test ran.
  *
- * Owns: the pass/fail counters.  Every process a test starts is reaped by
- * test_wait, which kills it after its deadline.
+ * Owns: the pass/fail counters and the run's temporary root.  Every process
+ * a test starts is reaped by test_wait, which kills it after its deadline.
+ *
+ * Temporary files.  A run makes one directory, $TMPDIR/fep-test.PID (or
+ * /tmp/...), and every test directory is made under it by test_tmpdir; TMPDIR
+ * is pointed at it too, so that what the programs the tests start put in
+ * TMPDIR lands there as well.  At the end the root is removed when nothing
+ * failed, and kept for a look when something did (or FEP_TEST_KEEP is set);
+ * the line before the last one says which and where.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -27,6 +34,7 @@
 #include "test.h"
 
 static const char *test_filter;
+static char temp_root[256];
 static unsigned tests_passed, tests_failed;
 static unsigned checks_failed_in_test;
 static const char *current_test;
@@ -46,6 +54,11 @@ void test_run(const char *name, void (*fn)(void))
         printf("FAIL %s\n", name);
     }
     fflush(stdout);
+}
+
+int test_failing(void)
+{
+    return checks_failed_in_test > 0;
 }
 
 static void check_failed(void)
@@ -205,19 +218,63 @@ int test_wait(pid_t pid, int timeout_ms)
 
 int test_tmpdir(char *out, size_t cap, const char *tag)
 {
-    const char *base = getenv("TMPDIR");
     static unsigned serial;
 
-    if (!base || !*base)
-        base = "/tmp";
+    if (temp_root[0] == '\0')
+        return -1;
     for (;;) {
-        snprintf(out, cap, "%s/fep-%s-%ld-%u", base, tag, (long)getpid(),
-                 serial++);
+        if ((size_t)snprintf(out, cap, "%s/%s-%u", temp_root, tag, serial++) >=
+            cap)
+            return -1;
         if (mkdir(out, 0755) == 0)
             return 0;
         if (errno != EEXIST)
             return -1;
     }
+}
+
+/* $TMPDIR/fep-test.PID, or .PID.N when a kept one has that name. */
+static int temp_root_make(void)
+{
+    const char *base = getenv("TMPDIR");
+    unsigned n;
+
+    if (!base || !*base)
+        base = "/tmp";
+    for (n = 0; n < 100; n++) {
+        if (n == 0)
+            snprintf(temp_root, sizeof temp_root, "%s/fep-test.%ld", base,
+                     (long)getpid());
+        else
+            snprintf(temp_root, sizeof temp_root, "%s/fep-test.%ld.%u", base,
+                     (long)getpid(), n);
+        if (mkdir(temp_root, 0755) == 0)
+            return setenv("TMPDIR", temp_root, 1);
+        if (errno != EEXIST)
+            break;
+    }
+    fprintf(stderr, "fep_test: cannot make a directory under %s: %s\n", base,
+            strerror(errno));
+    temp_root[0] = '\0';
+    return -1;
+}
+
+/* Removed when every test passed, else kept; one line says which. */
+static void temp_root_end(void)
+{
+    struct stat st;
+
+    if (tests_failed > 0 || getenv("FEP_TEST_KEEP")) {
+        printf("test files kept in %s\n", temp_root);
+        return;
+    }
+    test_remove_tree(temp_root);
+    if (stat(temp_root, &st) == 0) {
+        printf("test files: %s could not be removed entirely\n", temp_root);
+        tests_failed++;
+        return;
+    }
+    printf("test files removed (%s)\n", temp_root);
 }
 
 int test_free_port(void)
@@ -548,6 +605,8 @@ int main(int argc, char **argv)
     /* The tests start processes that may be told to exit by a signal; a
      * dead pipe must not kill the runner. */
     signal(SIGPIPE, SIG_IGN);
+    if (temp_root_make() != 0)
+        return 1;
 
     test_crypto_suite();
     test_frame_suite();
@@ -557,7 +616,9 @@ int main(int argc, char **argv)
     test_fep_suite();
     test_fault_suite();
     test_trust_suite();
+    test_docs_suite();
 
+    temp_root_end();
     printf("%u passed, %u failed\n", tests_passed, tests_failed);
     return (tests_failed == 0 && tests_passed > 0) ? 0 : 1;
 }

@@ -22,6 +22,9 @@ void test_check_u64(uint64_t a, uint64_t b, const char *file, int line,
 void test_check_mem(const void *a, const void *b, size_t n, const char *file,
                     int line, const char *ea, const char *eb);
 
+/* 1 when a CHECK of the running test has failed (to keep its files). */
+int test_failing(void);
+
 #define CHECK(c) test_check(!!(c), __FILE__, __LINE__, #c)
 #define CHECK_EQ(a, b) \
     test_check_u64((uint64_t)(a), (uint64_t)(b), __FILE__, __LINE__, #a, #b)
@@ -44,7 +47,8 @@ int test_wait(pid_t pid, int timeout_ms);
  * sys_now_ms is the clock). */
 void test_sleep_ms(int ms);
 
-/* A fresh empty directory under $TMPDIR (or /tmp), name in out. */
+/* A fresh empty directory under the run's temporary root (test.c), name in
+ * out; 0 or -1. */
 int test_tmpdir(char *out, size_t cap, const char *tag);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int test_free_port(void);
@@ -102,5 +106,6 @@ void test_store_suite(void);
 void test_fep_suite(void);
 void test_fault_suite(void);
 void test_trust_suite(void);
+void test_docs_suite(void);
 
 #endif /* TEST_H */
