@@ -20,11 +20,13 @@
  * unpadding; duplicates show up as neighbours in that order.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fep.h"
 
@@ -93,10 +95,14 @@ static const struct directive {
 };
 
 #define DIRECTIVES (sizeof directives / sizeof directives[0])
+FEP_STATIC_ASSERT(sizeof directives / sizeof directives[0] <= CONFIG_DIRECTIVES_MAX,
+                  directive_lines_fit);
 
 typedef struct config_reader {
-    FILE *f;
+    int fd;
     const char *path;
+    size_t chunk_at, chunk_len;         /* unread bytes of chunk */
+    int read_error;                     /* errno of a failed read, or 0 */
     unsigned line;                      /* of the line in buf, 1-based */
     int too_long;                       /* the line in buf was cut */
     int has_nul;                        /* the line in buf held a NUL byte */
@@ -106,6 +112,7 @@ typedef struct config_reader {
     unsigned given[DIRECTIVES];         /* line of each, 0 not given yet */
     unsigned dcu_cap;                   /* dcu lines found by the first pass */
     char buf[CONFIG_LINE_MAX + 2];      /* a line, its newline and the NUL */
+    unsigned char chunk[4096];          /* read(2) buffer: no stdio, which allocates */
 } config_reader;
 
 /* ------------------------------------------------------------------------
@@ -145,6 +152,33 @@ static int file_fail(config_reader *r, const char *problem, const char *detail)
  * the rest of it is skipped, so that line numbers stay right; a NUL byte
  * sets r->has_nul (a text file has none, and C strings would stop there).
  */
+static int reader_getc(config_reader *r)
+{
+    ssize_t n;
+
+    if (r->chunk_at == r->chunk_len) {
+        do
+            n = read(r->fd, r->chunk, sizeof r->chunk);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            r->read_error = n < 0 ? errno : 0;
+            return EOF;
+        }
+        r->chunk_at = 0;
+        r->chunk_len = (size_t)n;
+    }
+    return r->chunk[r->chunk_at++];
+}
+
+/* Back to the start of the file, for the second pass. */
+static int reader_rewind(config_reader *r)
+{
+    r->chunk_at = r->chunk_len = 0;
+    r->bytes = 0;
+    r->line = 0;
+    return lseek(r->fd, 0, SEEK_SET) == 0 ? 0 : -1;
+}
+
 static int reader_next(config_reader *r)
 {
     size_t len = 0;
@@ -152,7 +186,7 @@ static int reader_next(config_reader *r)
 
     r->too_long = 0;
     r->has_nul = 0;
-    while ((c = getc(r->f)) != EOF && c != '\n') {
+    while ((c = reader_getc(r)) != EOF && c != '\n') {
         if (++r->bytes > CONFIG_SIZE_MAX)
             break;
         if (c == '\0')
@@ -162,8 +196,10 @@ static int reader_next(config_reader *r)
         else
             r->too_long = 1;
     }
-    if (ferror(r->f))
+    if (r->read_error) {
+        errno = r->read_error;
         return -1;
+    }
     r->buf[len] = '\0';
     if (c == EOF && len == 0 && !r->too_long && !r->has_nul)
         return 0;
@@ -459,6 +495,7 @@ static int apply_directive(config_reader *r, fep_config *cfg,
     if (d->flag != NO_FLAG)
         *(int *)(void *)((char *)cfg + d->flag) = 1;
     r->given[k] = r->line;
+    cfg->lines[k] = r->line;
     return 0;
 }
 
@@ -511,7 +548,8 @@ static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
     if (cfg->n_dcus >= DCUS_MAX)
         return reader_fail(r, "more than %d DCUs", DCUS_MAX);
     if (cfg->n_dcus >= r->dcu_cap)
-        return reader_fail(r, "the file changed while it was being read");
+        return reader_fail(r, "more DCUs than the table holds (%u, max_dcus "
+                           "at start-up): a restart is needed", r->dcu_cap);
     if (lf->n < 2)
         return reader_fail(r, "dcu: missing ID and ADDRESS");
     dc = &cfg->dcus[cfg->n_dcus];
@@ -551,8 +589,6 @@ static int count_dcus(config_reader *r)
     unsigned long max_dcus = 0;
     int rc;
 
-    r->line = 0;
-    r->bytes = 0;
     r->dcu_cap = 0;
     while ((rc = reader_next(r)) == 1) {
         split_fields(r->buf, &lf);
@@ -576,8 +612,6 @@ static int parse_lines(config_reader *r, fep_config *cfg)
     line_fields lf;
     int rc;
 
-    r->line = 0;
-    r->bytes = 0;
     while ((rc = reader_next(r)) == 1) {
         if (r->bytes > CONFIG_SIZE_MAX)
             return reader_fail(r, "the file is larger than %lld bytes",
@@ -602,59 +636,83 @@ static int parse_lines(config_reader *r, fep_config *cfg)
  * The SID index
  * ---------------------------------------------------------------------- */
 
-typedef struct sid_entry {
-    uint8_t sid[FRAME_ID_SIZE];
-    unsigned index;
-} sid_entry;
-
 /* By SID, then by index, so that equal SIDs come in file order. */
-static int sid_entry_cmp(const void *a, const void *b)
+static int by_sid_less(const fep_config *cfg, unsigned a, unsigned b)
 {
-    const sid_entry *x = a, *y = b;
-    int c = memcmp(x->sid, y->sid, FRAME_ID_SIZE);
+    int c = memcmp(cfg->dcus[a].sid, cfg->dcus[b].sid, FRAME_ID_SIZE);
 
-    if (c != 0)
-        return c;
-    return x->index < y->index ? -1 : x->index > y->index;
+    return c < 0 || (c == 0 && a < b);
 }
 
-/* The position in e[] of the earliest second occurrence of a SID, or n. */
-static unsigned first_duplicate(const sid_entry *e, unsigned n)
+static void sift_down(const fep_config *cfg, unsigned *h, size_t root, size_t n)
 {
-    unsigned i, best = n;
+    for (;;) {
+        size_t child = 2 * root + 1;
+        unsigned t;
 
-    for (i = 1; i < n; i++) {
-        int second = memcmp(e[i].sid, e[i - 1].sid, FRAME_ID_SIZE) == 0 &&
-                     (i == 1 || memcmp(e[i - 1].sid, e[i - 2].sid,
-                                       FRAME_ID_SIZE) != 0);
-        if (second && (best == n || e[i].index < e[best].index))
-            best = i;
+        if (child >= n)
+            return;
+        if (child + 1 < n && by_sid_less(cfg, h[child], h[child + 1]))
+            child++;
+        if (!by_sid_less(cfg, h[root], h[child]))
+            return;
+        t = h[root];
+        h[root] = h[child];
+        h[child] = t;
+        root = child;
     }
-    return best;
 }
 
+/* Heapsort in place: O(n log n), and unlike qsort it never allocates (a
+ * reload sorts the DCUs again after start-up). */
+static void sort_by_sid(const fep_config *cfg, unsigned *h, size_t n)
+{
+    size_t i;
+
+    for (i = n / 2; i-- > 0;)
+        sift_down(cfg, h, i, n);
+    while (n > 1) {
+        unsigned t = h[0];
+        h[0] = h[--n];
+        h[n] = t;
+        sift_down(cfg, h, 0, n);
+    }
+}
+
+/* The DCUs in by_sid, removed ones left out; n_live counts them. */
+void config_index(fep_config *cfg)
+{
+    unsigned i;
+
+    cfg->n_live = 0;
+    for (i = 0; i < cfg->n_dcus; i++)
+        if (!cfg->dcus[i].removed)
+            cfg->by_sid[cfg->n_live++] = i;
+    sort_by_sid(cfg, cfg->by_sid, cfg->n_live);
+}
+
+/* Duplicates are neighbours in SID order; the one told is the earliest
+ * second occurrence in the file. */
 static int index_dcus(config_reader *r, fep_config *cfg)
 {
-    unsigned i, dup, n = cfg->n_dcus;
-    sid_entry *e = malloc(n * sizeof *e);
+    const dcu_conf *first = NULL, *second = NULL;
+    unsigned i;
 
-    if (!e)
-        return file_fail(r, "out of memory", "");
-    for (i = 0; i < n; i++) {
-        memcpy(e[i].sid, cfg->dcus[i].sid, FRAME_ID_SIZE);
-        e[i].index = i;
+    config_index(cfg);
+    for (i = 1; i < cfg->n_live; i++) {
+        const dcu_conf *a = &cfg->dcus[cfg->by_sid[i - 1]];
+        const dcu_conf *b = &cfg->dcus[cfg->by_sid[i]];
+        if (memcmp(a->sid, b->sid, FRAME_ID_SIZE) != 0 ||
+            (second && second->line < b->line))
+            continue;                   /* a third is later than the second */
+        first = a;
+        second = b;
     }
-    qsort(e, n, sizeof *e, sid_entry_cmp);
-    for (i = 0; i < n; i++)
-        cfg->by_sid[i] = e[i].index;
-    dup = first_duplicate(e, n);
-    free(e);
-    if (dup == n)
+    if (!second)
         return 0;
-    r->line = cfg->dcus[cfg->by_sid[dup]].line;
+    r->line = second->line;
     return reader_fail(r, "dcu %s: duplicate id (first on line %u)",
-                       cfg->dcus[cfg->by_sid[dup]].id,
-                       cfg->dcus[cfg->by_sid[dup - 1]].line);
+                       second->id, first->line);
 }
 
 /* ------------------------------------------------------------------------
@@ -667,9 +725,19 @@ static int config_allocate(config_reader *r, fep_config *cfg)
         return 0;               /* "no dcu line" is reported after the lines */
     cfg->dcus = calloc(r->dcu_cap, sizeof *cfg->dcus);
     cfg->by_sid = calloc(r->dcu_cap, sizeof *cfg->by_sid);
+    cfg->dcus_cap = r->dcu_cap;
     if (!cfg->dcus || !cfg->by_sid)
         return file_fail(r, "out of memory for the DCU table", "");
     return 0;
+}
+
+int config_alloc_like(fep_config *staged, const fep_config *live)
+{
+    memset(staged, 0, sizeof *staged);
+    staged->dcus = calloc(live->dcus_cap, sizeof *staged->dcus);
+    staged->by_sid = calloc(live->dcus_cap, sizeof *staged->by_sid);
+    staged->dcus_cap = live->dcus_cap;
+    return staged->dcus && staged->by_sid ? 0 : -1;
 }
 
 /* max_dcus: given, at least the file's DCUs; else those and DCUS_SPARE. */
@@ -707,11 +775,11 @@ static int check_fep_id(config_reader *r, const fep_config *cfg)
                        where);
 }
 
-static int config_read(config_reader *r, fep_config *cfg)
+/* The second pass and the checks of the whole file, into cfg's arrays. */
+static int config_parse(config_reader *r, fep_config *cfg)
 {
-    if (count_dcus(r) != 0 || config_allocate(r, cfg) != 0)
-        return -1;
-    rewind(r->f);
+    if (reader_rewind(r) != 0)
+        return read_failed(r);
     config_defaults(cfg);
     if (parse_lines(r, cfg) != 0)
         return -1;
@@ -724,28 +792,69 @@ static int config_read(config_reader *r, fep_config *cfg)
     return check_fep_id(r, cfg);
 }
 
+/* Opens path for reading: a regular file of at most CONFIG_SIZE_MAX bytes,
+ * never blocking on a FIFO or a device. */
+static int reader_open(config_reader *r, const char *path, char *err,
+                       size_t errlen)
+{
+    off_t size = 0;
+
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->err = err;
+    r->errlen = errlen;
+    r->fd = sys_open_regular(path, O_RDONLY, 0, &size);
+    if (r->fd == SYS_NOT_REGULAR)
+        return file_fail(r, "cannot read: ", "not a regular file");
+    if (r->fd < 0)
+        return file_fail(r, "cannot open: ", strerror(errno));
+    if (size > CONFIG_SIZE_MAX) {
+        sys_close(r->fd);
+        return reader_fail(r, "the file is larger than %lld bytes",
+                           (long long)CONFIG_SIZE_MAX);
+    }
+    return 0;
+}
+
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
 {
     config_reader r;
-    const char *why;
     int rc;
 
     memset(cfg, 0, sizeof *cfg);
-    memset(&r, 0, sizeof r);
-    r.path = path;
-    r.err = err;
-    r.errlen = errlen;
-    r.f = sys_fopen_regular(path, CONFIG_SIZE_MAX, &why);
-    if (!r.f && why)
-        return file_fail(&r, "cannot read: ", why);
-    if (!r.f)
-        return file_fail(&r, "cannot open: ", strerror(errno));
-    rc = config_read(&r, cfg);
-    fclose(r.f);
+    if (reader_open(&r, path, err, errlen) != 0)
+        return -1;
+    rc = count_dcus(&r);
+    if (rc == 0)
+        rc = config_allocate(&r, cfg);
+    if (rc == 0)
+        rc = config_parse(&r, cfg);
+    sys_close(r.fd);
     if (rc != 0) {
         config_release(cfg);
         memset(cfg, 0, sizeof *cfg);
     }
+    return rc;
+}
+
+int config_reload(const char *path, fep_config *staged, char *err,
+                  size_t errlen)
+{
+    dcu_conf *dcus = staged->dcus;
+    unsigned *by_sid = staged->by_sid, cap = staged->dcus_cap;
+    config_reader r;
+    int rc;
+
+    memset(staged, 0, sizeof *staged);
+    staged->dcus = dcus;
+    staged->by_sid = by_sid;
+    staged->dcus_cap = cap;
+    if (reader_open(&r, path, err, errlen) != 0)
+        return -1;
+    r.dcu_cap = cap;
+    memset(dcus, 0, cap * sizeof *dcus);
+    rc = config_parse(&r, staged);
+    sys_close(r.fd);
     return rc;
 }
 
@@ -758,7 +867,7 @@ const char *config_directive_name(unsigned i)
 
 int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
 {
-    unsigned lo = 0, hi = cfg->n_dcus;
+    unsigned lo = 0, hi = cfg->n_live;
 
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;

@@ -442,10 +442,6 @@ int sys_fsync_dir(const char *dir);
  * left open).  *size (when given) is its size at open. */
 #define SYS_NOT_REGULAR (-2)
 int sys_open_regular(const char *path, int flags, int mode, off_t *size);
-/* The same for a file read once at start-up through stdio (the config):
- * NULL with errno, or with *why set when it is not a regular file or is
- * larger than max_size.  Closed with fclose; not in the ledger. */
-FILE *sys_fopen_regular(const char *path, off_t max_size, const char **why);
 
 /* Descriptor ledger: descriptors opened and closed through sys_*. */
 typedef struct sys_ledger {
@@ -486,6 +482,7 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 
 /* Limits, each with its memory cost. */
 #define POLL_CMDS_MAX 4                 /* k s m n */
+#define CONFIG_DIRECTIVES_MAX 24        /* plain directives (config.c's table) */
 #define PATH_SIZE 256                   /* data_dir, state_dir and file names */
 #define LISTEN_BACKLOG SOMAXCONN       /* a burst of pushes waits in the kernel, not refused */
 #define FD_RESERVED 32                  /* stdio, listeners, CSV and state files */
@@ -540,14 +537,26 @@ typedef struct fep_config {
     int64_t timeout_write_ms;
     int64_t timeout_idle_ms;
     int64_t timeout_session_ms;
-    dcu_conf *dcus;                     /* n_dcus entries, allocated by config_load */
-    unsigned *by_sid;                   /* indices of dcus sorted by sid */
-    unsigned n_dcus;
+    dcu_conf *dcus;                     /* n_dcus entries (dcus_cap room), allocated once */
+    unsigned *by_sid;                   /* indices of the n_live DCUs not removed, by sid */
+    unsigned n_dcus;                    /* entries in use, removed ones included */
+    unsigned n_live;                    /* DCUs configured now */
+    unsigned dcus_cap;
+    unsigned lines[CONFIG_DIRECTIVES_MAX]; /* where each directive was given, 0 not */
 } fep_config;
 
-/* Reads and checks the whole file; allocates the DCU arrays once.  On error
- * returns -1 with "FILE:LINE: problem" in err and nothing allocated. */
+/* Reads and checks the whole file; allocates the DCU arrays once, with room
+ * for max_dcus.  On error returns -1 with "FILE:LINE: problem" in err and
+ * nothing allocated. */
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen);
+/* Arrays for config_reload, as large as live's; 0 or -1 (out of memory). */
+int config_alloc_like(fep_config *staged, const fep_config *live);
+/* Reads and checks the whole file again into staged's arrays, allocating
+ * nothing (SIGHUP).  0, or -1 with "FILE:LINE: problem". */
+int config_reload(const char *path, fep_config *staged, char *err,
+                  size_t errlen);
+/* Rebuilds by_sid and n_live from the DCUs not removed. */
+void config_index(fep_config *cfg);
 /* The directives the loader knows, one per i from 0 ("dcu" among them), then
  * NULL: what fepd.conf(5) must list, no more and no less. */
 const char *config_directive_name(unsigned i);

@@ -689,29 +689,6 @@ int sys_open_regular(const char *path, int flags, int mode, off_t *size)
     return fd;
 }
 
-FILE *sys_fopen_regular(const char *path, off_t max_size, const char **why)
-{
-    struct stat st;
-    FILE *f;
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-
-    *why = NULL;
-    if (fd < 0)
-        return NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > max_size) {
-        int saved = errno;
-        if (fstat(fd, &st) == 0)
-            *why = !S_ISREG(st.st_mode) ? "not a regular file" : "too large";
-        close(fd);
-        errno = saved;
-        return NULL;
-    }
-    f = fdopen(fd, "r");
-    if (!f)
-        close(fd);
-    return f;
-}
-
 /* ------------------------------------------------------------------------
  * Logging: one write(2) per line, so that lines from several processes that
  * share a log file do not interleave, and nothing is queued in memory.
