@@ -68,30 +68,51 @@ static int parse_sync(const char *text, void *field, char *why, size_t whylen);
 
 #define NO_FLAG ((size_t)-1)
 #define AT(member) offsetof(fep_config, member)
+#define SZ(member) sizeof(((fep_config *)0)->member)
 
 /* Every directive but dcu; the defaults are those of DESIGN.md section 2. */
+/* Every directive but dcu; the defaults are those of DESIGN.md section 2.
+ * A reload may change the directives marked RELOADABLE; a file that
+ * changes any other is refused as a whole (DESIGN.md section 3). */
+#define RESTART 0
+#define RELOADABLE 1
 static const struct directive {
     const char *name;
     value_parser parse;
     size_t field;                       /* offset of the value in fep_config */
+    size_t size;                        /* of the value */
     size_t flag;                        /* of an int set to 1 when given */
     const char *deflt;                  /* NULL: off unless given */
+    int reload;                         /* RESTART or RELOADABLE */
 } directives[] = {
-    { "fep_id", parse_fep_id, AT(fep_id), NO_FLAG, "FEP00001" },
-    { "listen", parse_addr, AT(listen), AT(has_listen), NULL },
-    { "metrics", parse_addr, AT(metrics), AT(has_metrics), NULL },
-    { "data_dir", parse_path, AT(data_dir), NO_FLAG, "./data" },
-    { "state_dir", parse_path, AT(state_dir), NO_FLAG, "./state" },
-    { "max_sessions", parse_sessions, AT(max_sessions), NO_FLAG, "256" },
-    { "max_dcus", parse_max_dcus, AT(max_dcus), NO_FLAG, NULL },
-    { "poll_every", parse_duration, AT(poll_every_ms), NO_FLAG, "900" },
-    { "sync", parse_sync, AT(sync_packet), NO_FLAG, "packet" },
-    { "timeout_connect", parse_duration, AT(timeout_connect_ms), NO_FLAG, "5" },
-    { "timeout_frame", parse_duration, AT(timeout_frame_ms), NO_FLAG, "10" },
-    { "timeout_write", parse_duration, AT(timeout_write_ms), NO_FLAG, "10" },
-    { "timeout_idle", parse_duration, AT(timeout_idle_ms), NO_FLAG, "30" },
-    { "timeout_session", parse_duration, AT(timeout_session_ms), NO_FLAG,
-      "300" },
+    { "fep_id", parse_fep_id, AT(fep_id), SZ(fep_id), NO_FLAG, "FEP00001",
+      RESTART },
+    { "listen", parse_addr, AT(listen), SZ(listen), AT(has_listen), NULL,
+      RESTART },
+    { "metrics", parse_addr, AT(metrics), SZ(metrics), AT(has_metrics), NULL,
+      RESTART },
+    { "data_dir", parse_path, AT(data_dir), SZ(data_dir), NO_FLAG, "./data",
+      RESTART },
+    { "state_dir", parse_path, AT(state_dir), SZ(state_dir), NO_FLAG,
+      "./state", RESTART },
+    { "max_sessions", parse_sessions, AT(max_sessions), SZ(max_sessions),
+      NO_FLAG, "256", RESTART },
+    { "max_dcus", parse_max_dcus, AT(max_dcus), SZ(max_dcus), NO_FLAG, NULL,
+      RESTART },
+    { "poll_every", parse_duration, AT(poll_every_ms), SZ(poll_every_ms),
+      NO_FLAG, "900", RELOADABLE },
+    { "sync", parse_sync, AT(sync_packet), SZ(sync_packet), NO_FLAG, "packet",
+      RELOADABLE },
+    { "timeout_connect", parse_duration, AT(timeout_connect_ms),
+      SZ(timeout_connect_ms), NO_FLAG, "5", RELOADABLE },
+    { "timeout_frame", parse_duration, AT(timeout_frame_ms),
+      SZ(timeout_frame_ms), NO_FLAG, "10", RELOADABLE },
+    { "timeout_write", parse_duration, AT(timeout_write_ms),
+      SZ(timeout_write_ms), NO_FLAG, "10", RELOADABLE },
+    { "timeout_idle", parse_duration, AT(timeout_idle_ms), SZ(timeout_idle_ms),
+      NO_FLAG, "30", RELOADABLE },
+    { "timeout_session", parse_duration, AT(timeout_session_ms),
+      SZ(timeout_session_ms), NO_FLAG, "300", RELOADABLE },
 };
 
 #define DIRECTIVES (sizeof directives / sizeof directives[0])
@@ -856,6 +877,51 @@ int config_reload(const char *path, fep_config *staged, char *err,
     rc = config_parse(&r, staged);
     sys_close(r.fd);
     return rc;
+}
+
+/* The bytes of directive k's value and flag in cfg. */
+static const char *field_of(const fep_config *cfg, const struct directive *d)
+{
+    return (const char *)cfg + d->field;
+}
+
+static int flag_of(const fep_config *cfg, const struct directive *d)
+{
+    return d->flag == NO_FLAG ? 0
+                              : *(const int *)(const void *)((const char *)cfg +
+                                                             d->flag);
+}
+
+int config_reload_check(const fep_config *live, const fep_config *staged,
+                        const char *path, char *err, size_t errlen)
+{
+    size_t k;
+
+    for (k = 0; k < DIRECTIVES; k++) {
+        const struct directive *d = &directives[k];
+        unsigned line = staged->lines[k] ? staged->lines[k] : live->lines[k];
+
+        if (d->reload == RELOADABLE ||
+            (memcmp(field_of(live, d), field_of(staged, d), d->size) == 0 &&
+             flag_of(live, d) == flag_of(staged, d)))
+            continue;
+        snprintf(err, errlen, "%s:%u: %s changed: a reload cannot change it "
+                 "(restart fepd)%s", path, line, d->name,
+                 staged->lines[k] ? "" : " (it is no longer in the file)");
+        return -1;
+    }
+    return 0;
+}
+
+void config_reload_directives(fep_config *live, const fep_config *staged)
+{
+    size_t k;
+
+    for (k = 0; k < DIRECTIVES; k++)
+        if (directives[k].reload == RELOADABLE)
+            memcpy((char *)live + directives[k].field,
+                   field_of(staged, &directives[k]), directives[k].size);
+    memcpy(live->lines, staged->lines, sizeof live->lines);
 }
 
 const char *config_directive_name(unsigned i)

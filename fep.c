@@ -165,6 +165,8 @@ static session *slot_open(fepd *d, enum slot_kind kind, int fd,
 static void slot_close(fepd *d, session *s, int64_t now)
 {
     (void)now;
+    if (s->dcu >= 0)
+        d->state.dcus[s->dcu].slot_refs--;
     sys_close(s->fd);
     s->fd = -1;
     /* The key material does not outlive the session. */
@@ -719,13 +721,158 @@ static void log_stats(const fepd *d)
             (unsigned long long)(l.opened - l.closed), d->static_memory_bytes);
 }
 
+/* ------------------------------------------------------------------------
+ * Reload (SIGHUP): the config file again, applied whole or not at all,
+ * into tables that were sized at start-up, so nothing is allocated.
+ * ---------------------------------------------------------------------- */
+
+/* An entry for a DCU the reload adds: a removed one that no slot names any
+ * more, else one never used; -1 when the table is full. */
+static int dcu_entry_free(fepd *d, unsigned *scan)
+{
+    for (; *scan < d->cfg.n_dcus; (*scan)++) {
+        unsigned i = *scan;
+        if (d->cfg.dcus[i].removed && d->state.dcus[i].slot_refs == 0 &&
+            d->state.dcus[i].session < 0) {
+            (*scan)++;
+            return (int)i;
+        }
+    }
+    return d->cfg.n_dcus < d->cfg.dcus_cap ? (int)d->cfg.n_dcus : -1;
+}
+
+static int key_changed(const dcu_conf *a, const dcu_conf *b)
+{
+    return a->has_key != b->has_key ||
+           (a->has_key && memcmp(a->key, b->key, KEY_SIZE) != 0);
+}
+
+/* Walks the live and the staged DCUs in SID order (both are sorted), as a
+ * merge: fn sees each pair, a live DCU alone (removed) or a staged one
+ * alone (added). */
+static void dcus_merge(fepd *d, void (*fn)(fepd *, int live, int staged,
+                                           void *), void *arg)
+{
+    const fep_config *a = &d->cfg, *b = &d->staged;
+    unsigned i = 0, j = 0, na = a->n_live, nb = b->n_live;
+
+    while (i < na || j < nb) {
+        int c = i == na ? 1 : j == nb ? -1
+                : memcmp(a->dcus[a->by_sid[i]].sid, b->dcus[b->by_sid[j]].sid,
+                         FRAME_ID_SIZE);
+        fn(d, c <= 0 ? (int)a->by_sid[i] : -1, c >= 0 ? (int)b->by_sid[j] : -1,
+           arg);
+        i += c <= 0;
+        j += c >= 0;
+    }
+}
+
+struct reload_count {
+    state_need need;
+    unsigned added, changed, removed, reusable;
+};
+
+static void reload_count(fepd *d, int live, int staged, void *arg)
+{
+    struct reload_count *n = arg;
+    const dcu_conf *b = staged >= 0 ? &d->staged.dcus[staged] : NULL;
+
+    if (live < 0) {
+        n->added++;
+        state_need_add(&d->state, b, &n->need);
+    } else if (staged < 0) {
+        n->removed++;
+    } else if (key_changed(&d->cfg.dcus[live], b)) {
+        state_need_add(&d->state, b, &n->need);
+    }
+}
+
+static void reload_apply_one(fepd *d, int live, int staged, void *arg)
+{
+    unsigned *scan = arg;
+    dcu_conf *a;
+    int fresh = live < 0, i = live;
+
+    if (staged < 0) {                   /* removed: its session goes on */
+        d->cfg.dcus[live].removed = 1;
+        d->cfg.dcus[live].has_addr = 0;
+        return;
+    }
+    if (fresh) {
+        i = dcu_entry_free(d, scan);
+        if (i < 0)
+            return;                     /* counted before: cannot happen */
+        if ((unsigned)i == d->cfg.n_dcus)
+            d->cfg.n_dcus++;
+    }
+    a = &d->cfg.dcus[i];
+    if (fresh || key_changed(a, &d->staged.dcus[staged])) {
+        *a = d->staged.dcus[staged];
+        state_dcu_set(&d->state, &d->cfg, (unsigned)i, fresh);
+    } else {
+        *a = d->staged.dcus[staged];
+    }
+    if (fresh)
+        d->state.dcus[i].next_poll_ms = 0;  /* due now */
+}
+
+/* 0 and the counts, or -1 with err when the tables cannot take it. */
+static int reload_apply(fepd *d, struct reload_count *n, char *err,
+                        size_t errlen)
+{
+    unsigned scan = 0, i, free_entries = d->cfg.dcus_cap - d->cfg.n_dcus;
+
+    memset(n, 0, sizeof *n);
+    dcus_merge(d, reload_count, n);
+    for (i = 0; i < d->cfg.n_dcus; i++)
+        free_entries += d->cfg.dcus[i].removed &&
+                        d->state.dcus[i].slot_refs == 0;
+    if (n->added > free_entries) {
+        snprintf(err, errlen, "%s: %u DCUs added, room for %u more (max_dcus "
+                 "%u, with removed ones still in session): restart with a "
+                 "larger max_dcus", d->config_path, n->added, free_entries,
+                 d->cfg.dcus_cap);
+        return -1;
+    }
+    if (state_need_fits(&d->state, &n->need, err, errlen) != 0)
+        return -1;
+    dcus_merge(d, reload_apply_one, &scan);
+    config_index(&d->cfg);
+    config_reload_directives(&d->cfg, &d->staged);
+    d->store.sync_packet = d->cfg.sync_packet;
+    d->next_due_ms = 0;                 /* the scheduler looks at once */
+    return 0;
+}
+
+static void reload(fepd *d)
+{
+    struct reload_count n;
+    char err[1024];
+    int rc;
+
+    rc = config_reload(d->config_path, &d->staged, err, sizeof err);
+    if (rc == 0)
+        rc = config_reload_check(&d->cfg, &d->staged, d->config_path, err,
+                                 sizeof err);
+    if (rc == 0)
+        rc = reload_apply(d, &n, err, sizeof err);
+    d->stats.reloads[rc == 0 ? 0 : 1]++;
+    if (rc != 0)
+        log_msg(LOG_ERROR, "reload refused, the config in use stays: %s", err);
+    else
+        log_msg(LOG_INFO, "reload: %u DCUs (%u added, %u removed)",
+                d->cfg.n_live, n.added, n.removed);
+}
+
 static void handle_signals(fepd *d, int64_t now)
 {
     if (signal_stop && !d->stopping)
         begin_stop(d, now);
     if (signal_hup) {
         signal_hup = 0;
-        log_msg(LOG_INFO, "SIGHUP: reopening the output files");
+        log_msg(LOG_INFO, "SIGHUP: reloading %s, reopening the output files",
+                d->config_path);
+        reload(d);
         store_reopen(&d->store);
     }
     if (signal_usr1) {
@@ -839,7 +986,7 @@ static size_t static_memory(const fepd *d)
     const fep_state *st = &d->state;
 
     return sizeof *d + d->n_slots * sizeof(session) +
-           c->max_dcus * (sizeof(dcu_conf) + sizeof(unsigned)) +
+           2 * (size_t)c->dcus_cap * (sizeof(dcu_conf) + sizeof(unsigned)) +
            st->dcus_cap * (sizeof(dcu_state) + sizeof(unsigned)) +
            st->keys_cap * sizeof(key_state) +
            st->marks_cap * sizeof(rx_mark) +
@@ -876,6 +1023,11 @@ static int start(fepd *d)
     if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
                    sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
+        return 3;
+    }
+    if (config_alloc_like(&d->staged, &d->cfg) != 0) {
+        log_msg(LOG_ERROR, "cannot allocate the reload table of %u DCUs",
+                d->cfg.dcus_cap);
         return 3;
     }
     d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
@@ -970,6 +1122,7 @@ int main(int argc, char **argv)
     static fepd daemon;                 /* large (CSV buffers): not on the stack */
     fepd *d = &daemon;
     const char *config_path = NULL;
+
     int check = 0, level = LOG_INFO, i, rc;
     char err[512];
 
@@ -1003,6 +1156,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(level > LOG_DEBUG ? LOG_DEBUG : level);
+    d->config_path = config_path;
     if (config_load(config_path, &d->cfg, err, sizeof err) != 0) {
         fprintf(stderr, "fepd: %s\n", err);
         return 2;
@@ -1024,6 +1178,7 @@ int main(int argc, char **argv)
     finish(d);
     state_release(&d->state);
     config_release(&d->cfg);
+    config_release(&d->staged);
     free(d->slots);
     return rc;
 }

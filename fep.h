@@ -557,6 +557,12 @@ int config_reload(const char *path, fep_config *staged, char *err,
                   size_t errlen);
 /* Rebuilds by_sid and n_live from the DCUs not removed. */
 void config_index(fep_config *cfg);
+/* 0 when staged changes no directive that needs a restart; else -1 with
+ * "FILE:LINE: DIRECTIVE changed ..." in err. */
+int config_reload_check(const fep_config *live, const fep_config *staged,
+                        const char *path, char *err, size_t errlen);
+/* Copies the directives a reload may change from staged into live. */
+void config_reload_directives(fep_config *live, const fep_config *staged);
 /* The directives the loader knows, one per i from 0 ("dcu" among them), then
  * NULL: what fepd.conf(5) must list, no more and no less. */
 const char *config_directive_name(unsigned i);
@@ -641,6 +647,7 @@ typedef struct dcu_state {
     uint16_t next_qsn;
     uint8_t changed;                    /* lines not yet written (state_touch) */
     int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
+    uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
     uint64_t sessions_ok;
@@ -714,6 +721,17 @@ void state_touch(fep_state *st, unsigned dcu);
  * is not the file fepd wrote.  0 when every value is on disk; -1 (logged)
  * when not, and the marks stay for the next call. */
 int state_save(fep_state *st, const fep_config *cfg);
+/* Reload: state_need_add counts the keys and marks a DCU entry (new, or
+ * with a new key) would add, state_need_fits says whether they fit (0, or
+ * -1 with err); then state_dcu_set gives DCU i its key and mark (fresh: a
+ * new DCU, statistics zero): -1 only when the need was not checked. */
+typedef struct state_need {
+    unsigned keys, marks;
+} state_need;
+void state_need_add(const fep_state *st, const dcu_conf *dc, state_need *need);
+int state_need_fits(const fep_state *st, const state_need *need, char *err,
+                    size_t errlen);
+int state_dcu_set(fep_state *st, const fep_config *cfg, unsigned i, int fresh);
 void state_release(fep_state *st);
 
 /* ---- session.c and fep.c: the slot table ---- */
@@ -811,11 +829,14 @@ typedef struct fep_stats {
     uint64_t slots_released;
     uint64_t timeouts;
     uint64_t busy_rejected;             /* connections closed with no slot at all */
+    uint64_t reloads[2];                /* SIGHUP: [0 ok, 1 error] */
 } fep_stats;
 
 /* Everything fepd owns, in one place; allocated once in fep.c. */
 typedef struct fepd {
+    const char *config_path;            /* -c FILE, read again on SIGHUP */
     fep_config cfg;
+    fep_config staged;                  /* a reload's file, before it applies */
     fep_state state;
     store store;
     fep_stats stats;

@@ -50,6 +50,9 @@ enum metric {
     M_SLOTS_RELEASED,
     M_BUSY_REJECTED,
     M_DESCRIPTORS_OPEN,
+    M_DCUS_CONFIGURED,
+    M_DCUS_CAPACITY,
+    M_CONFIG_RELOADS,
     M_DCU_LAST_SUCCESS,
     METRIC_FAMILIES
 };
@@ -81,6 +84,11 @@ static const struct family {
       "Connections closed at once because no slot was free." },
     { "fep_descriptors_open", "gauge",
       "Descriptors open through the system layer." },
+    { "fep_dcus_configured", "gauge", "DCUs in the config in use." },
+    { "fep_dcus_capacity", "gauge",
+      "DCUs the table holds (max_dcus): a reload may add up to it." },
+    { "fep_config_reloads_total", "counter",
+      "Reloads of the config file (SIGHUP), by result." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
 };
@@ -96,8 +104,10 @@ static uint32_t family_samples(const fepd *d, enum metric m)
         return 4;                       /* kind x result */
     case M_NACKS_SENT:
         return FEP_NACK_CODE_MAX;       /* codes 1..10 */
+    case M_CONFIG_RELOADS:
+        return 2;                       /* ok, error */
     case M_DCU_LAST_SUCCESS:
-        return d->cfg.n_dcus;
+        return d->cfg.n_live;
     default:
         return 1;
     }
@@ -110,10 +120,18 @@ static uint64_t descriptors_open(void)
     return l.opened >= l.closed ? l.opened - l.closed : 0;
 }
 
+/* Sample i of the per-DCU families is the i-th DCU in SID order: removed
+ * DCUs are left out, and the order does not depend on the file's. */
+static uint32_t dcu_of_sample(const fepd *d, uint32_t i)
+{
+    return i < d->cfg.n_live ? d->cfg.by_sid[i] : 0;
+}
+
 static uint64_t last_success(const fepd *d, uint32_t i)
 {
     int64_t s;
 
+    i = dcu_of_sample(d, i);
     if (!d->state.dcus || i >= d->state.n_dcus)
         return 0;
     s = d->state.dcus[i].last_success_s;
@@ -140,6 +158,9 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_SLOTS_RELEASED: return st->slots_released;
     case M_BUSY_REJECTED: return st->busy_rejected;
     case M_DESCRIPTORS_OPEN: return descriptors_open();
+    case M_DCUS_CONFIGURED: return d->cfg.n_live;
+    case M_DCUS_CAPACITY: return d->cfg.dcus_cap;
+    case M_CONFIG_RELOADS: return st->reloads[i];
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
     case METRIC_FAMILIES: break;
     }
@@ -178,8 +199,11 @@ static void sample_labels(const fepd *d, enum metric m, uint32_t i, char *out,
     case M_NACKS_SENT:
         snprintf(out, cap, "{code=\"%s\"}", fep_nack_name(i + 1));
         break;
+    case M_CONFIG_RELOADS:
+        snprintf(out, cap, "{result=\"%s\"}", results[i]);
+        break;
     case M_DCU_LAST_SUCCESS:
-        escape_label(d->cfg.dcus[i].id, id, sizeof id);
+        escape_label(d->cfg.dcus[dcu_of_sample(d, i)].id, id, sizeof id);
         snprintf(out, cap, "{dcu=\"%s\"}", id);
         break;
     default:

@@ -210,6 +210,7 @@ static void peer_set(fepd *d, session *s, int i, const uint8_t sid[FRAME_ID_SIZE
 static void bind_dcu(fepd *d, session *s, int i)
 {
     s->dcu = i;
+    d->state.dcus[i].slot_refs++;       /* released by fep.c slot_close */
     d->state.dcus[i].session = (int)(s - d->slots);
 }
 

@@ -418,7 +418,7 @@ static void snapshot_fill(writer *w)
         records++;
     }
     for (i = 0; i < st->n_dcus; i++) {
-        if (!dcu_has_stats(&st->dcus[i]))
+        if (!dcu_has_stats(&st->dcus[i]) || st->cfg->dcus[i].removed)
             continue;
         writer_put(w, dcu_line_put(writer_at(w), &st->cfg->dcus[i],
                                    &st->dcus[i]));
@@ -1394,6 +1394,31 @@ static int path_join(char out[PATH_SIZE], const char *dir, const char *name)
     return 0;
 }
 
+/* DCU i gets the key of its config entry and its mark under that key
+ * (found when the key or the mark is known, added when new); an entry
+ * without a key gets none.  -1 when the tables are full. */
+static int attach_one(fep_state *st, const fep_config *cfg, unsigned i)
+{
+    dcu_state *d = &st->dcus[i];
+    uint8_t kcv[STATE_KCV_SIZE];
+
+    d->key = d->mark = -1;
+    if (!cfg->dcus[i].has_key || cfg->dcus[i].removed)
+        return 0;
+    kcv_of(cfg->dcus[i].key, kcv);
+    d->key = key_get(st, kcv);
+    if (d->key >= 0)
+        d->mark = mark_get(st, cfg->dcus[i].sid, (uint32_t)d->key);
+    return d->key >= 0 && d->mark >= 0 ? 0 : -1;
+}
+
+static int full(const fep_state *st, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "%s: the state holds more keys or marks than 2 x "
+             "max_dcus (%u): raise max_dcus", st->path, st->dcus_cap);
+    return -1;
+}
+
 /* Every configured DCU gets its key and its mark under that key. */
 static int state_attach(fep_state *st, const fep_config *cfg, char *err,
                         size_t errlen)
@@ -1402,25 +1427,51 @@ static int state_attach(fep_state *st, const fep_config *cfg, char *err,
 
     st->n_dcus = cfg->n_dcus;
     for (i = 0; i < cfg->n_dcus; i++) {
-        dcu_state *d = &st->dcus[i];
-        uint8_t kcv[STATE_KCV_SIZE];
-
-        d->key = d->mark = d->session = -1;
-        d->next_qsn = 1;
-        if (!cfg->dcus[i].has_key)
-            continue;
-        kcv_of(cfg->dcus[i].key, kcv);
-        d->key = key_get(st, kcv);
-        if (d->key >= 0)
-            d->mark = mark_get(st, cfg->dcus[i].sid, (uint32_t)d->key);
-        if (d->key < 0 || d->mark < 0) {
-            snprintf(err, errlen, "%s: the state holds more keys or marks "
-                     "than 2 x max_dcus (%u): raise max_dcus", st->path,
-                     st->dcus_cap);
-            return -1;
-        }
+        st->dcus[i].session = -1;
+        st->dcus[i].next_qsn = 1;
+        if (attach_one(st, cfg, i) != 0)
+            return full(st, err, errlen);
     }
     return 0;
+}
+
+void state_need_add(const fep_state *st, const dcu_conf *dc, state_need *need)
+{
+    uint8_t kcv[STATE_KCV_SIZE];
+    uint32_t *k;
+
+    if (!dc->has_key)
+        return;
+    kcv_of(dc->key, kcv);
+    k = key_slot(st, kcv);
+    need->keys += *k == 0;
+    need->marks += *k == 0 || *mark_slot(st, dc->sid, *k - 1) == 0;
+}
+
+/* DCUs that share a new key count it once each: an overestimate, so a
+ * reload near the bound may be refused that would just fit. */
+int state_need_fits(const fep_state *st, const state_need *need, char *err,
+                    size_t errlen)
+{
+    if (st->n_keys + need->keys <= st->keys_cap &&
+        st->n_marks + need->marks <= st->marks_cap)
+        return 0;
+    return full(st, err, errlen);
+}
+
+int state_dcu_set(fep_state *st, const fep_config *cfg, unsigned i, int fresh)
+{
+    if (i >= st->dcus_cap)
+        return -1;
+    if (fresh) {
+        memset(&st->dcus[i], 0, sizeof st->dcus[i]);
+        st->dcus[i].session = -1;
+        st->dcus[i].next_qsn = 1;
+    }
+    if (i >= st->n_dcus)
+        st->n_dcus = i + 1;
+    st->dirty = 1;
+    return attach_one(st, cfg, i);
 }
 
 int state_open(fep_state *st, const fep_config *cfg, const state_start *how,

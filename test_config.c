@@ -622,8 +622,11 @@ static fepd *metrics_fixture(unsigned n_dcus)
     if (!d)
         return NULL;
     d->cfg.dcus = calloc(n_dcus ? n_dcus : 1, sizeof *d->cfg.dcus);
+    d->cfg.by_sid = calloc(n_dcus ? n_dcus : 1, sizeof *d->cfg.by_sid);
     d->state.dcus = calloc(n_dcus ? n_dcus : 1, sizeof *d->state.dcus);
-    d->cfg.n_dcus = d->state.n_dcus = n_dcus;
+    d->cfg.n_dcus = d->cfg.n_live = d->state.n_dcus = n_dcus;
+    for (i = 0; d->cfg.by_sid && i < n_dcus; i++)
+        d->cfg.by_sid[i] = i;           /* the ids below sort as made */
     for (i = 0; d->cfg.dcus && d->state.dcus && i < n_dcus; i++) {
         char id[16];                    /* room for any unsigned: no truncation */
         snprintf(id, sizeof id, "DCU%05u", i % 100000u);
@@ -656,6 +659,7 @@ static void metrics_fixture_free(fepd *d)
     if (!d)
         return;
     free(d->cfg.dcus);
+    free(d->cfg.by_sid);
     free(d->state.dcus);
     free(d);
 }
@@ -705,7 +709,7 @@ static void test_metrics_render_chunks(void)
     whole[len] = '\0';
     CHECK(len > 300 * 40);
     CHECK_EQ(metrics_render(d, &cursor, whole + len, BIG - 1 - len), 0);
-    CHECK_EQ(cursor, 13 * 3 + 2 + 4 + 2 + 10 + 2 + 300);
+    CHECK_EQ(cursor, 15 * 3 + 2 + 4 + 2 + 10 + 2 + 2 + 2 + 300);
     for (i = 0; i < sizeof caps / sizeof caps[0]; i++) {
         CHECK_EQ(render_all(d, caps[i], pieces, BIG, &calls, &ok), len);
         CHECK(ok);
@@ -866,7 +870,7 @@ static void test_metrics_no_dcus(void)
     /* state not (yet) loaded: every DCU reads "never" */
     free(d->state.dcus);
     d->state.dcus = NULL;
-    d->cfg.n_dcus = 1;
+    d->cfg.n_dcus = d->cfg.n_live = 1;
     strcpy(d->cfg.dcus[0].id, "X");
     cursor = 0;
     len = metrics_render(d, &cursor, text, sizeof text - 1);

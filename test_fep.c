@@ -2026,6 +2026,205 @@ static void test_fep_metrics(void)
  * The suite
  * ====================================================================== */
 
+/* ========================================================================
+ * 10. Reload (SIGHUP)
+ * ====================================================================== */
+
+/* Writes the config as conf_begin and conf_dcus would, atomically (a
+ * reload must never read half a file), then signals SIGHUP and waits for
+ * the reload's log line; 0 or -1. */
+static int reload_to(struct world *w, const char *directives, unsigned first,
+                     unsigned n, const char *addr, const char *extra_dcus)
+{
+    char tmp[PATH_MAX_TEST + 8], conf[PATH_MAX_TEST];
+    long before = test_log_count(w->fep_log, "reload");
+    FILE *f;
+
+    strcpy(conf, w->conf);
+    snprintf(tmp, sizeof tmp, "%s.new", conf);
+    strcpy(w->conf, tmp);
+    conf_begin(w, directives);
+    if (n > 0)
+        conf_dcus(w, first, n, addr, 1, "k");
+    f = fopen(w->conf, "a");
+    if (f) {
+        fputs(extra_dcus ? extra_dcus : "", f);
+        fclose(f);
+    }
+    strcpy(w->conf, conf);
+    CHECK(rename(tmp, conf) == 0);
+    kill(w->fep, SIGHUP);
+    return test_wait_log(w->fep_log, "reload", before + 2, SETTLE_MS);
+}
+
+static long long metric_now(const struct world *w, const char *name)
+{
+    static char text[1 << 16];
+
+    return http_get(w->metrics_port, "/metrics", text, sizeof text) == 200
+               ? metric_get(text, name) : -1;
+}
+
+/* DCUs added, removed and changed by a reload, with an open session of a
+ * changed DCU going on under the key it began with; a file with an error,
+ * or one that changes what needs a restart, refused as a whole. */
+static void test_fep_reload(void)
+{
+    char directives[160], hex[2 * KEY_SIZE + 1], dcu3[160];
+    uint8_t key[KEY_SIZE];
+    gcm_key key1, key3;
+    struct world w;
+    unsigned k;
+    int fd;
+
+    world_init(&w, "reload");
+    snprintf(directives, sizeof directives, "listen %s\nmetrics %s\n"
+             "timeout_frame 3\n", w.fep_addr, w.metrics_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 2, NULL, 1, "k");
+    test_unhex(KEY_HEX, key, sizeof key);
+    key[15] ^= 1;
+    gcm_init(&key1, key);
+    key[15] ^= 1 ^ 3;
+    gcm_init(&key3, key);
+    for (k = 0; k < KEY_SIZE; k++)
+        snprintf(hex + 2 * k, 3, "%02x", key[k]);
+    /* The second file gives DCU00001 the key of DCU00003, which it adds. */
+    if (fep_start(&w, NULL) == 0) {
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU, CMD_LP_RSP, 1,
+                       0, &key1, 1) == 0);
+        CHECK_EQ(raw_answer(fd, &key1, NULL), CMD_ACK);
+        /* DCU00002 removed, DCU00003 added, DCU00001's key changed. */
+        snprintf(dcu3, sizeof dcu3, "dcu DCU00001 - key=%s\ndcu DCU00003 - "
+                 "key=%s\n", hex, hex);
+        CHECK(reload_to(&w, directives, 0, 0, NULL, dcu3) == 0);
+        CHECK(test_log_count(w.fep_log, "reload: 2 DCUs (1 added, 1 removed)") == 1);
+        /* The open session finishes under the key it began with. */
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 1, 1, &key1, 2) == 0);
+        CHECK_EQ(raw_answer(fd, &key1, NULL), CMD_ACK);
+        close(fd);
+        /* The next one needs the new key. */
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 2, 0, &key3, 1) == 0);
+        CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
+        close(fd);
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00003", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 3, 0, &key3, 1) == 0);
+        CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
+        close(fd);
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00002", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 4, 0, NULL, 0) == 0);
+        CHECK_EQ(raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
+        close(fd);
+        CHECK_EQ(metric_now(&w, "fep_config_reloads_total{result=\"ok\"}"), 1);
+        CHECK_EQ(metric_now(&w, "fep_dcus_configured"), 2);
+        /* Refused: a bad line; a directive that needs a restart. */
+        CHECK(reload_to(&w, directives, 0, 0, NULL, "dcu DCU00009 nowhere\n") == 0);
+        CHECK(test_log_count(w.fep_log, "reload refused, the config in use "
+                                        "stays: ") == 1);
+        CHECK(test_log_count(w.fep_log, "fep.conf:12: dcu DCU00009: address") == 1);
+        snprintf(directives, sizeof directives, "listen %s\nmetrics %s\n"
+                 "timeout_frame 3\nmax_sessions 9\n", w.fep_addr,
+                 w.metrics_addr);
+        CHECK(reload_to(&w, directives, 0, 0, NULL, dcu3) == 0);
+        CHECK(test_log_count(w.fep_log, "fep.conf:7: max_sessions changed: a "
+                                        "reload cannot change it") == 1);
+        CHECK_EQ(metric_now(&w, "fep_config_reloads_total{result=\"error\"}"), 2);
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00003", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 5, 0, &key3, 2) == 0);
+        CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
+        close(fd);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(csv_rows(w.lp), 5);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* A DCU removed by one reload and added again by the next keeps its
+ * replay mark, and its key its IC sequence. */
+static void test_fep_reload_mark_survives(void)
+{
+    char directives[160];
+    uint8_t key[KEY_SIZE];
+    frame hdr;
+    gcm_key key1;
+    uint32_t ic_before = 0;
+    struct world w;
+    int fd;
+
+    world_init(&w, "reloadmark");
+    snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 2, NULL, 1, "k");
+    test_unhex(KEY_HEX, key, sizeof key);
+    key[15] ^= 1;
+    gcm_init(&key1, key);
+    if (fep_start(&w, NULL) == 0) {
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 1, 0, &key1, 5) == 0);
+        CHECK_EQ(raw_answer(fd, &key1, &hdr), CMD_ACK);
+        ic_before = get_u32be(hdr.data);
+        close(fd);
+        CHECK(reload_to(&w, directives, 2, 1, NULL, NULL) == 0);
+        CHECK(reload_to(&w, directives, 1, 2, NULL, NULL) == 0);
+        CHECK(test_log_count(w.fep_log, "reload: 2 DCUs (1 added, 0 removed)") == 1);
+        fd = tcp_connect(w.fep_port, 5);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
+                       CMD_LP_RSP, 1, 0, &key1, 5) == 0);
+        CHECK_EQ(raw_answer(fd, &key1, &hdr), NACK(FEP_ERR_REPLAY));
+        CHECK(get_u32be(hdr.data) > ic_before);
+        close(fd);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* 50 reloads while 40 keyed DCUs are polled and push: every reload applies,
+ * nothing acknowledged is lost or stored twice, nothing is allocated after
+ * start-up, every slot and descriptor is given back. */
+static void test_fep_reload_under_load(void)
+{
+    const char *args[] = { "--push", NULL, "--dcus", "40", "--records", "24",
+                           "--per-packet", "8", "--key", KEY_HEX,
+                           "--push-rate", "40", "--duration", "4", NULL };
+    char directives[2][160];
+    struct world w;
+    unsigned i;
+
+    world_init(&w, "reloadload");
+    args[1] = w.fep_addr;
+    snprintf(directives[0], sizeof directives[0], "listen %s\n"
+             "poll_every 0.2\n", w.fep_addr);
+    snprintf(directives[1], sizeof directives[1], "listen %s\n"
+             "poll_every 0.3\ntimeout_frame 0.6\n", w.fep_addr);
+    conf_begin(&w, directives[0]);
+    conf_dcus(&w, 1, 40, w.sim_addr, 1, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 0, args) == 0) {
+        for (i = 0; i < 50; i++)
+            CHECK(reload_to(&w, directives[i % 2], 1, 40 - (i % 2) * 5,
+                            w.sim_addr, NULL) == 0);
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(test_log_count(w.fep_log, "reload: "), 50);
+        CHECK_EQ(test_log_count(w.fep_log, "reload refused"), 0);
+        CHECK(check_run_stored(&w) > 0);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
 void test_fep_suite(void)
 {
     test_run("fep_poll_plaintext", test_fep_poll_plaintext);
@@ -2075,4 +2274,7 @@ void test_fep_suite(void)
     test_run("fep_sigterm_during_polls", test_fep_sigterm_during_polls);
     test_run("fep_sighup_reopen", test_fep_sighup_reopen);
     test_run("fep_metrics", test_fep_metrics);
+    test_run("fep_reload", test_fep_reload);
+    test_run("fep_reload_mark_survives", test_fep_reload_mark_survives);
+    test_run("fep_reload_under_load", test_fep_reload_under_load);
 }
