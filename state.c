@@ -660,8 +660,16 @@ static int state_compact(fep_state *st, const char **what, const char **where)
     if (fd < 0)
         return -1;
     *where = st->path;
-    if (file_replace(st, st->path, snapshot_fill, what) != 0)
+    if (file_replace(st, st->path, snapshot_fill, what) != 0) {
+        /* After a rename that failed (EIO may leave it done) or whose
+         * directory fsync failed, the snapshot may be of the next
+         * generation, and loading would ignore what is appended to this
+         * journal: only a compaction may follow. */
+        if (strcmp(*what, "rename") == 0 ||
+            strcmp(*what, "fsync directory") == 0)
+            st->journal_size = -1;
         goto fail;
+    }
     st->generation++;
     st->reservations = 0;
     marks_clear(st);
@@ -691,6 +699,14 @@ fail:
     sys_close(fd);
     errno = saved;
     return -1;
+}
+
+/* The size of a journal that holds its header alone. */
+static off_t journal_head_size(const fep_state *st)
+{
+    char header[64];
+
+    return (off_t)(header_put(header, JOURNAL_MAGIC, st->generation) - header);
 }
 
 static off_t journal_bound(const fep_state *st)
@@ -725,8 +741,10 @@ static int state_save_err(fep_state *st, int snapshot, char *err,
             return 0;
     }
     /* Dirty with nothing listed means a change state.c was not told of:
-     * only the whole snapshot is sure to hold it. */
-    if (!snapshot && rc == -2 && !st->dirty && st->journal_size >= 0)
+     * only the whole snapshot is sure to hold it.  Clean with nothing
+     * listed is the save at shutdown: it folds a journal that holds lines. */
+    if (!snapshot && rc == -2 && !st->dirty &&
+        st->journal_size == journal_head_size(st))
         return 0;
     if (state_compact(st, &what, &where) == 0)
         return 0;
@@ -813,6 +831,7 @@ typedef struct state_loader {
     int v1;                             /* a version 1 file: no header, no end */
     int headed;                         /* the header line was read */
     int ended;                          /* the end line was read (snapshot) */
+    int stale;                          /* a journal older than the snapshot */
     uint64_t generation;                /* from the header */
     uint64_t records;                   /* tx, rx and dcu lines */
     uint64_t tx_lines;
@@ -989,6 +1008,9 @@ static const char *load_header(state_loader *l, char **f, unsigned n)
         return l->why;
     }
     l->headed = 1;
+    /* st->generation is the snapshot's, read first: an older journal's
+     * lines are not applied (load_journal says why). */
+    l->stale = l->journal && l->generation < l->st->generation;
     return NULL;
 }
 
@@ -1030,6 +1052,8 @@ static const char *load_line(state_loader *l, char *line)
         return "a line after the end line";
     if (!l->headed)
         return load_header(l, f, n);
+    if (l->stale)
+        return NULL;
     if (strcmp(f[0], "end") == 0)
         return load_end(l, f, n);
     if (strcmp(f[0], "tx") == 0)
@@ -1222,6 +1246,7 @@ static int witness_read(const fep_state *st, uint64_t *generation,
     if (n < 0)
         n = 0;
     text[n] = '\0';
+    text[strcspn(text, "\n")] = '\0';
     if (fields_split(text, f) != 3 || strcmp(f[0], WITNESS_MAGIC) != 0 ||
         parse_u64(f[1], UINT64_MAX, generation) != 0 ||
         parse_u64(f[2], UINT64_MAX, reservations) != 0) {
@@ -1261,11 +1286,20 @@ static int exists(const char *path)
     return lstat(path, &sb) == 0;
 }
 
+/* Whether path is there and not an empty file: a first start that failed
+ * before its snapshot was written leaves an empty journal, no earlier run. */
+static int has_bytes(const char *path)
+{
+    struct stat sb;
+
+    return lstat(path, &sb) == 0 && (!S_ISREG(sb.st_mode) || sb.st_size > 0);
+}
+
 /* No snapshot: a first start, or a lost state. */
 static int state_missing(const fep_state *st, const state_start *how,
                          char *err, size_t errlen)
 {
-    const char *sign = exists(st->journal_path) ? st->journal_path :
+    const char *sign = has_bytes(st->journal_path) ? st->journal_path :
                        exists(st->witness_path) ? st->witness_path : NULL;
 
     if (sign == NULL && !how->data_has_rows)
@@ -1304,6 +1338,12 @@ static int set_aside(const char *path, const char *stamp, char *err,
     if (!exists(path))
         return 0;
     snprintf(lost, sizeof lost, "%s.lost-%s", path, stamp);
+    /* rename would replace a file set aside earlier in the same second. */
+    if (exists(lost)) {
+        snprintf(err, errlen, "%s: cannot set it aside as %s: that file "
+                 "exists; try again in a second", path, lost);
+        return -1;
+    }
     if (sys_rename(path, lost) != 0) {
         snprintf(err, errlen, "%s: cannot set it aside as %s: %s", path, lost,
                  strerror(errno));
@@ -1415,10 +1455,6 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
         snprintf(err, errlen, "%s: path too long", cfg->state_dir);
         goto fail;
     }
-    if (!how->read_only && sys_mkdir(cfg->state_dir) != 0) {
-        snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
-        goto fail;
-    }
     if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
         goto fail;
     if (!how->fresh && state_load(st, how, err, errlen) != 0)
@@ -1427,6 +1463,11 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
         goto fail;
     if (how->read_only)
         return 0;
+    /* Created only now: a state that is refused leaves nothing behind. */
+    if (sys_mkdir(cfg->state_dir) != 0) {
+        snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
+        goto fail;
+    }
     /* Whatever was below RESERVED may have been sent before a crash. */
     for (i = 0; i < st->n_dcus; i++) {
         key_state *k = st->dcus[i].key >= 0 ? &st->keys[st->dcus[i].key] : NULL;
