@@ -1038,6 +1038,7 @@ static int start(fepd *d)
     }
     for (i = 0; i < d->n_slots; i++)
         d->slots[i].fd = -1;
+    memset(&how, 0, sizeof how);
     how.fresh = d->fresh_state;
     how.data_has_rows = d->store.had_rows;
     if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {

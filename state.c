@@ -671,8 +671,16 @@ static int state_compact(fep_state *st, const char **what, const char **where)
     if (fd < 0)
         return -1;
     *where = st->path;
-    if (file_replace(st, st->path, snapshot_fill, what) != 0)
+    if (file_replace(st, st->path, snapshot_fill, what) != 0) {
+        /* After a rename that failed (EIO may leave it done) or whose
+         * directory fsync failed, the snapshot may be of the next
+         * generation, and loading would ignore what is appended to this
+         * journal: only a compaction may follow. */
+        if (strcmp(*what, "rename") == 0 ||
+            strcmp(*what, "fsync directory") == 0)
+            st->journal_size = -1;
         goto fail;
+    }
     st->generation++;
     st->reservations = 0;
     marks_clear(st);
@@ -702,6 +710,14 @@ fail:
     sys_close(fd);
     errno = saved;
     return -1;
+}
+
+/* The size of a journal that holds its header alone. */
+static off_t journal_head_size(const fep_state *st)
+{
+    char header[64];
+
+    return (off_t)(header_put(header, JOURNAL_MAGIC, st->generation) - header);
 }
 
 static off_t journal_bound(const fep_state *st)
@@ -736,8 +752,10 @@ static int state_save_err(fep_state *st, int snapshot, char *err,
             return 0;
     }
     /* Dirty with nothing listed means a change state.c was not told of:
-     * only the whole snapshot is sure to hold it. */
-    if (!snapshot && rc == -2 && !st->dirty && st->journal_size >= 0)
+     * only the whole snapshot is sure to hold it.  Clean with nothing
+     * listed is the save at shutdown: it folds a journal that holds lines. */
+    if (!snapshot && rc == -2 && !st->dirty &&
+        st->journal_size == journal_head_size(st))
         return 0;
     if (state_compact(st, &what, &where) == 0)
         return 0;
@@ -824,6 +842,7 @@ typedef struct state_loader {
     int v1;                             /* a version 1 file: no header, no end */
     int headed;                         /* the header line was read */
     int ended;                          /* the end line was read (snapshot) */
+    int stale;                          /* a journal older than the snapshot */
     uint64_t generation;                /* from the header */
     uint64_t records;                   /* tx, rx and dcu lines */
     uint64_t tx_lines;
@@ -1000,6 +1019,9 @@ static const char *load_header(state_loader *l, char **f, unsigned n)
         return l->why;
     }
     l->headed = 1;
+    /* st->generation is the snapshot's, read first: an older journal's
+     * lines are not applied (load_journal says why). */
+    l->stale = l->journal && l->generation < l->st->generation;
     return NULL;
 }
 
@@ -1041,6 +1063,8 @@ static const char *load_line(state_loader *l, char *line)
         return "a line after the end line";
     if (!l->headed)
         return load_header(l, f, n);
+    if (l->stale)
+        return NULL;
     if (strcmp(f[0], "end") == 0)
         return load_end(l, f, n);
     if (strcmp(f[0], "tx") == 0)
@@ -1326,6 +1350,12 @@ static int set_aside(const char *path, const char *stamp, char *err,
     if (!exists(path))
         return 0;
     snprintf(lost, sizeof lost, "%s.lost-%s", path, stamp);
+    /* rename would replace a file set aside earlier in the same second. */
+    if (exists(lost)) {
+        snprintf(err, errlen, "%s: cannot set it aside as %s: that file "
+                 "exists; try again in a second", path, lost);
+        return -1;
+    }
     if (sys_rename(path, lost) != 0) {
         snprintf(err, errlen, "%s: cannot set it aside as %s: %s", path, lost,
                  strerror(errno));
@@ -1491,10 +1521,6 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
         snprintf(err, errlen, "%s: path too long", cfg->state_dir);
         goto fail;
     }
-    if (!how->read_only && sys_mkdir(cfg->state_dir) != 0) {
-        snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
-        goto fail;
-    }
     if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
         goto fail;
     if (!how->fresh && state_load(st, how, err, errlen) != 0)
@@ -1503,6 +1529,11 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
         goto fail;
     if (how->read_only)
         return 0;
+    /* Created only now: a state that is refused leaves nothing behind. */
+    if (sys_mkdir(cfg->state_dir) != 0) {
+        snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
+        goto fail;
+    }
     /* Whatever was below RESERVED may have been sent before a crash. */
     for (i = 0; i < st->n_dcus; i++) {
         key_state *k = st->dcus[i].key >= 0 ? &st->keys[st->dcus[i].key] : NULL;

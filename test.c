@@ -612,6 +612,7 @@ int main(int argc, char **argv)
     test_frame_suite();
     test_config_suite();
     test_store_suite();
+    test_state_suite();
     test_sim_suite();
     test_fep_suite();
     test_fault_suite();

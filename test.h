@@ -103,6 +103,7 @@ void test_frame_suite(void);
 void test_sim_suite(void);
 void test_config_suite(void);
 void test_store_suite(void);
+void test_state_suite(void);
 void test_fep_suite(void);
 void test_fault_suite(void);
 void test_trust_suite(void);
