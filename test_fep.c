@@ -1873,7 +1873,7 @@ static void test_fep_sighup_reopen(void)
             CHECK(wait_rows(w.lp, 20) == 0);
             CHECK(rename(w.lp, rotated) == 0);
             kill(w.fep, SIGHUP);
-            CHECK(test_wait_log(w.fep_log, "SIGHUP: reopening", 1, SETTLE_MS) == 0);
+            CHECK(test_wait_log(w.fep_log, "reopening the output files", 1, SETTLE_MS) == 0);
             CHECK(wait_rows(w.lp, 20) == 0);
             CHECK_EQ(fep_stop(&w, SIGTERM), 0);
             check_clean_exit(&w);
