@@ -882,6 +882,7 @@ static int start(fepd *d)
         d->slots[i].fd = -1;
     how.fresh = d->fresh_state;
     how.data_has_rows = d->store.had_rows;
+    how.read_only = 0;
     if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
