@@ -80,6 +80,7 @@ static const struct directive {
     { "metrics", parse_addr, AT(metrics), AT(has_metrics), NULL },
     { "data_dir", parse_path, AT(data_dir), NO_FLAG, "./data" },
     { "state_dir", parse_path, AT(state_dir), NO_FLAG, "./state" },
+    { "pidfile", parse_path, AT(pidfile), NO_FLAG, NULL },
     { "max_sessions", parse_sessions, AT(max_sessions), NO_FLAG, "256" },
     { "max_dcus", parse_max_dcus, AT(max_dcus), NO_FLAG, NULL },
     { "poll_every", parse_duration, AT(poll_every_ms), NO_FLAG, "900" },

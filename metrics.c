@@ -51,6 +51,7 @@ enum metric {
     M_BUSY_REJECTED,
     M_DESCRIPTORS_OPEN,
     M_DCU_LAST_SUCCESS,
+    M_BUILD_INFO,
     METRIC_FAMILIES
 };
 
@@ -83,6 +84,7 @@ static const struct family {
       "Descriptors open through the system layer." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
+    { "fep_build_info", "gauge", "Always 1; the version is in its label." },
 };
 
 /* ------------------------------------------------------------------------
@@ -141,6 +143,7 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_BUSY_REJECTED: return st->busy_rejected;
     case M_DESCRIPTORS_OPEN: return descriptors_open();
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
+    case M_BUILD_INFO: return 1;
     case METRIC_FAMILIES: break;
     }
     return 0;
@@ -181,6 +184,9 @@ static void sample_labels(const fepd *d, enum metric m, uint32_t i, char *out,
     case M_DCU_LAST_SUCCESS:
         escape_label(d->cfg.dcus[i].id, id, sizeof id);
         snprintf(out, cap, "{dcu=\"%s\"}", id);
+        break;
+    case M_BUILD_INFO:
+        snprintf(out, cap, "{version=\"%s\"}", FEP_VERSION);
         break;
     default:
         out[0] = '\0';
