@@ -96,6 +96,8 @@ static const struct directive {
       RESTART },
     { "state_dir", parse_path, AT(state_dir), SZ(state_dir), NO_FLAG,
       "./state", RESTART },
+    { "pidfile", parse_path, AT(pidfile), SZ(pidfile), NO_FLAG, NULL,
+      RESTART },
     { "max_sessions", parse_sessions, AT(max_sessions), SZ(max_sessions),
       NO_FLAG, "256", RESTART },
     { "max_dcus", parse_max_dcus, AT(max_dcus), SZ(max_dcus), NO_FLAG, NULL,

@@ -1612,6 +1612,7 @@ static void usage(void)
 "                         with --push and no --listen: when every push is done)\n"
 "  -v / -q                more / less logging on stderr\n"
 "  -h, --help             this text\n"
+"  -V, --version          print the version and exit\n"
 "\n"
 "Data: meter m (0-based) of DCU n is \"M%05u%06u\" (n, m).  Record j of DCU n\n"
 "is meter m = j % meters, interval i = j / meters, ts = start_ts + 900 i,\n"
@@ -1881,6 +1882,9 @@ static void opts_parse(int argc, char **argv, struct sim_opts *o)
 #define VALUE() (v = opt_value(argc, argv, &i, eq))
         if (IS("-h") || IS("--help")) {
             usage();
+            exit(0);
+        } else if (IS("-V") || IS("--version")) {
+            printf("dcusim %s\n", FEP_VERSION);
             exit(0);
         } else if (IS("-v")) {
             o->log_level = LOG_DEBUG;

@@ -7,7 +7,8 @@
  * the CSV buffers inside the struct), every socket descriptor (listeners are
  * opened in start_listeners and closed in stop_listeners; a session's socket
  * is opened before slot_open and closed only in slot_close), and the signal
- * flags.  After start-up nothing is allocated or freed.
+ * flags; the pidfile, and what fepd tells the service manager (the socket
+ * itself is sys.c's).  After start-up nothing is allocated or freed.
  * Must not touch: protocol decisions (session.c), file formats (store.c,
  * state.c).
  *
@@ -686,6 +687,7 @@ static void begin_stop(fepd *d, int64_t now)
     unsigned i;
 
     d->stopping = 1;
+    sys_notify("STOPPING=1");
     log_msg(LOG_INFO, "stopping: %u sessions open, %lld ms to finish",
             d->sessions_active, (long long)d->cfg.timeout_frame_ms);
     for (i = 0; i < d->n_slots; i++) {
@@ -872,13 +874,28 @@ static void handle_signals(fepd *d, int64_t now)
         signal_hup = 0;
         log_msg(LOG_INFO, "SIGHUP: reloading %s, reopening the output files",
                 d->config_path);
+        sys_notify_reloading();
         reload(d);
         store_reopen(&d->store);
+        sys_notify("READY=1");
     }
     if (signal_usr1) {
         signal_usr1 = 0;
         log_stats(d);
     }
+}
+
+/* WATCHDOG=1 when it is due: a deadline of the loop like any other, so it
+ * goes out only while the loop turns.  The next due time, or POLL_NEVER. */
+static int64_t watchdog_tick(fepd *d, int64_t now)
+{
+    if (d->watchdog_every_ms == 0)
+        return POLL_NEVER;
+    if (now >= d->watchdog_due_ms) {
+        sys_notify("WATCHDOG=1");
+        d->watchdog_due_ms = now + d->watchdog_every_ms;
+    }
+    return d->watchdog_due_ms;
 }
 
 /* Runs until stopped (a signal, or --once with every cycle done). */
@@ -900,6 +917,8 @@ static void run(fepd *d)
             return;
 
         nearest = build_sets(d, &rfds, &wfds, &maxfd);
+        if (watchdog_tick(d, now) < nearest)
+            nearest = d->watchdog_due_ms;
         wait_ms = nearest - now;
         if (wait_ms < 0)
             wait_ms = 0;
@@ -1053,9 +1072,152 @@ static int start(fepd *d)
             d->once_pending++;
     }
     d->static_memory_bytes = static_memory(d);
-    log_msg(LOG_INFO, "fepd %s: %u DCUs, %u slots (%zu bytes each), "
-            "static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
+    log_msg(LOG_INFO, "fepd " FEP_VERSION " %s: %u DCUs, %u slots (%zu bytes "
+            "each), static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
             d->n_slots, sizeof(session), d->static_memory_bytes);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Under a service manager: the pidfile and the notifications
+ * ---------------------------------------------------------------------- */
+
+/* Before anything is touched: 0 when the pidfile (if any) is free or stale
+ * and its directory takes a new one; else logged, 3.  Never removes it. */
+static int pidfile_check(const fepd *d)
+{
+    const char *path = d->cfg.pidfile;
+    const char *slash = strrchr(path, '/');
+    char dir[PATH_SIZE] = ".";
+    int exists;
+    long pid;
+
+    if (path[0] == '\0')
+        return 0;
+    pid = sys_pidfile_read(path, &exists);
+    if (pid < 0) {
+        log_msg(LOG_ERROR, "pidfile %s: %s", path, strerror(errno));
+        return 3;
+    }
+    if (pid > 0 && sys_pid_is_peer(pid)) {
+        log_msg(LOG_ERROR, "pidfile %s: another fepd (pid %ld) runs with this "
+                "pidfile", path, pid);
+        return 3;
+    }
+    if (pid > 0)
+        log_msg(LOG_WARN, "pidfile %s: stale (no fepd runs as pid %ld): "
+                "replaced once fepd serves", path, pid);
+    else if (exists)
+        log_msg(LOG_WARN, "pidfile %s: stale (holds no pid): replaced once "
+                "fepd serves", path);
+    if (slash) {
+        /* Its directory; "/fepd.pid" is in the root. */
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    if (sys_dir_writable(dir, 0) != 0) {
+        log_msg(LOG_ERROR, "pidfile %s: cannot be written: %s", path,
+                strerror(errno));
+        return 3;
+    }
+    return 0;
+}
+
+/* Start-up has succeeded: the pidfile, then READY=1, as one moment. */
+static int daemon_ready(fepd *d)
+{
+    if (d->cfg.pidfile[0] && sys_pidfile_write(d->cfg.pidfile) != 0) {
+        log_msg(LOG_ERROR, "pidfile %s: %s", d->cfg.pidfile, strerror(errno));
+        return 3;
+    }
+    sys_notify_open();
+    sys_notify("READY=1");
+    d->watchdog_every_ms = sys_notify_watchdog_ms();
+    d->watchdog_due_ms = sys_now_ms() + d->watchdog_every_ms;
+    return 0;
+}
+
+static void daemon_exit(fepd *d)
+{
+    if (d->cfg.pidfile[0] && sys_pidfile_remove(d->cfg.pidfile) != 0)
+        log_msg(LOG_WARN, "pidfile %s: %s", d->cfg.pidfile, strerror(errno));
+    sys_notify_close();
+}
+
+/* ------------------------------------------------------------------------
+ * --check: what start() would find, with its messages and exit codes,
+ * without serving and without changing anything (no directory or file is
+ * made, no state written; the ports are bound and closed at once).
+ * ---------------------------------------------------------------------- */
+
+static int check_dir(const char *dir)
+{
+    if (sys_dir_writable(dir, 1) == 0)
+        return 0;
+    log_msg(LOG_ERROR, "%s: %s", dir, strerror(errno));
+    return -1;
+}
+
+static int check_listener(int has, const sys_addr *a, const char *what)
+{
+    char text[80];
+    int fd;
+
+    if (!has)
+        return 0;
+    fd = sys_listen(a, LISTEN_BACKLOG);
+    if (fd >= 0) {
+        sys_close(fd);
+        return 0;
+    }
+    sys_addr_str(a, text, sizeof text);
+    log_msg(LOG_ERROR, "%s %s: %s", what, text, strerror(errno));
+    return -1;
+}
+
+/* The state as start() would load it: 0, or -1 logged.  Sets the static
+ * memory start() would take. */
+static int check_state(fepd *d, int data_has_rows)
+{
+    char err[1024];
+    state_start how;
+
+    memset(&how, 0, sizeof how);
+    how.fresh = d->fresh_state;
+    how.data_has_rows = data_has_rows;
+    how.read_only = 1;
+    if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return -1;
+    }
+    d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
+    d->static_memory_bytes = static_memory(d);
+    state_release(&d->state);
+    return 0;
+}
+
+/* 0 with "FILE: ok (...)" on stdout, or 3. */
+static int check_start(fepd *d, const char *config_path)
+{
+    char err[1024];
+    int has_rows = 0;
+
+    if (pidfile_check(d) != 0)
+        return 3;
+    if (check_dir(d->cfg.data_dir) != 0)
+        return 3;
+    if (store_check(d->cfg.data_dir, &has_rows, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 3;
+    }
+    if (check_dir(d->cfg.state_dir) != 0 || check_state(d, has_rows) != 0 ||
+        check_listener(d->cfg.has_listen, &d->cfg.listen,
+                       "listening for push sessions") != 0 ||
+        check_listener(d->cfg.has_metrics, &d->cfg.metrics, "metrics") != 0)
+        return 3;
+    printf("%s: ok (%u DCUs, static memory %zu bytes)\n", config_path,
+           d->cfg.n_dcus, d->static_memory_bytes);
     return 0;
 }
 
@@ -1067,6 +1229,7 @@ static void finish(fepd *d)
     store_close(&d->store);
     if (d->state.dcus && state_save(&d->state, &d->cfg) != 0)
         log_msg(LOG_ERROR, "state not saved; see above");
+    daemon_exit(d);
     l = sys_ledger_get();
     log_msg(l.opened == l.closed && d->stats.slots_acquired ==
                                         d->stats.slots_released ? LOG_INFO : LOG_ERROR,
@@ -1103,15 +1266,18 @@ static int once_summary(const fepd *d)
 static void usage(FILE *out)
 {
     fputs("usage: fepd -c FILE [--once | --check] [--fresh-state] [-v | -q]\n"
+          "       fepd -V | --version\n"
           "  -c FILE    the config file (see README)\n"
           "  --once     one poll cycle of every DCU that has an address, then exit\n"
           "             (exit 1 when a cycle failed)\n"
-          "  --check    validate the config and exit\n"
+          "  --check    check what start-up checks (the file, data_dir,\n"
+          "             state_dir, the state, the ports, the pidfile), then exit\n"
           "  --fresh-state  start on a new state although the old one is\n"
           "             lost or damaged: every keyed DCU needs a new key first\n"
           "  -v         more logging: every frame in hex\n"
           "  -q         errors only\n"
           "  -h         this help\n"
+          "  -V, --version  print the version and exit\n"
           "exit: 0 ok, 1 --once with a failed cycle, 2 usage or config, "
           "3 start-up failure\n"
           "signals: TERM/INT stop, HUP reopen output files, USR1 statistics\n",
@@ -1141,6 +1307,10 @@ int main(int argc, char **argv)
             level++;
         } else if (strcmp(argv[i], "-q") == 0) {
             level = LOG_ERROR;
+        } else if (strcmp(argv[i], "-V") == 0 ||
+                   strcmp(argv[i], "--version") == 0) {
+            printf("fepd %s\n", FEP_VERSION);
+            return 0;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -1163,12 +1333,18 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check) {
-        printf("%s: ok (%u DCUs)\n", config_path, d->cfg.n_dcus);
+        rc = check_start(d, config_path);
         config_release(&d->cfg);
-        return 0;
+        return rc;
+    }
+    if (pidfile_check(d) != 0) {
+        config_release(&d->cfg);
+        return 3;
     }
     install_signals();
     rc = start(d);
+    if (rc == 0)
+        rc = daemon_ready(d);
     if (rc == 0) {
         alloc_seal(1);
         run(d);

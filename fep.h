@@ -6,13 +6,17 @@
  * with what it costs in memory, and the relations between limits are checked
  * at compile time (FEP_STATIC_ASSERT below).  There are no global variables
  * behind these declarations except the ones a file names in its own top
- * comment (the log level in sys.c, the descriptor ledger in sys.c).
+ * comment (the log level, the descriptor ledger and the notification
+ * socket in sys.c).
  *
  * Byte order: every integer on the wire is big-endian.  Use the get_/put_
  * helpers below; never cast a buffer to a struct.
  */
 #ifndef FEP_H
 #define FEP_H
+
+/* fepd's and dcusim's version (-V, the start-up log line, fep_build_info). */
+#define FEP_VERSION "1.1.0"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -443,6 +447,40 @@ int sys_fsync_dir(const char *dir);
 #define SYS_NOT_REGULAR (-2)
 int sys_open_regular(const char *path, int flags, int mode, off_t *size);
 
+/* Pidfiles (fepd's `pidfile`).  sys_pidfile_read: the pid the file names
+ * (> 0); 0 when it names none (*exists says whether the file is there:
+ * empty, garbage); -1 with errno when it cannot be read (EINVAL: not a
+ * regular file). */
+long sys_pidfile_read(const char *path, int *exists);
+/* 1 when pid is a live process, other than this one, that runs the same
+ * program (Linux: the same /proc/PID/comm as ours, or one that begins with
+ * "fepd"; where /proc cannot tell, any live process counts), else 0. */
+int sys_pid_is_peer(long pid);
+/* Writes our pid and a newline to path atomically (path.tmp, then rename). */
+int sys_pidfile_write(const char *path);
+/* Removes path if it still names this process; 0, or -1 with errno. */
+int sys_pidfile_remove(const char *path);
+/* Whether path is a directory this process can create files in, or (with
+ * may_create, when it is missing) one that mkdir -p could create: its
+ * nearest existing ancestor is such a directory.  0, or -1 with errno as
+ * the failed mkdir or open would set it (ENOTDIR, EACCES, EROFS ...). */
+int sys_dir_writable(const char *path, int may_create);
+
+/* The service manager's notification socket (sd_notify(3), the protocol
+ * without the library): sys_notify_open opens it once when $NOTIFY_SOCKET
+ * names one (a path, or "@name" in Linux's abstract namespace); without it
+ * every call below does nothing.  A message is one datagram, sent without
+ * blocking; a failed send is dropped, and the first one is logged. */
+void sys_notify_open(void);
+void sys_notify(const char *msg);
+/* "RELOADING=1" with MONOTONIC_USEC, as a reload that starts sends it. */
+void sys_notify_reloading(void);
+/* The watchdog period, WATCHDOG_USEC / 2 in milliseconds (at least 1), when
+ * the socket is open and $WATCHDOG_USEC asks for it (and $WATCHDOG_PID is
+ * unset or ours); else 0. */
+int64_t sys_notify_watchdog_ms(void);
+void sys_notify_close(void);
+
 /* Descriptor ledger: descriptors opened and closed through sys_*. */
 typedef struct sys_ledger {
     uint64_t opened;
@@ -460,7 +498,9 @@ int sys_fault_set(const char *spec);
 #endif
 
 /* Logging to stderr, one line per call, line-buffered; never blocks long
- * because stderr is a terminal, a file or a pipe drained by the caller. */
+ * because stderr is a terminal, a file or a pipe drained by the caller.
+ * When $JOURNAL_STREAM names stderr (systemd's journal), a line starts with
+ * its syslog priority ("<3>" error ... "<7>" debug) instead of a time. */
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 void log_set_level(int level);
 /* The program name at the start of each line ("fepd", "dcusim"). */
@@ -528,6 +568,7 @@ typedef struct fep_config {
     sys_addr metrics;
     char data_dir[PATH_SIZE];
     char state_dir[PATH_SIZE];
+    char pidfile[PATH_SIZE];            /* "" when none */
     unsigned max_sessions;
     unsigned max_dcus;                  /* DCU table capacity (reload adds up to it) */
     int64_t poll_every_ms;
@@ -615,6 +656,11 @@ void store_fail_pass(store *s);
  * fsync per file.  0: every row added since the last commit is durable.
  * -1: none of them counts (each file is cut back to its committed size). */
 int store_commit(store *s);
+/* --check: what store_open would find in data_dir, without opening any
+ * file for writing: 0 with *has_rows (a file holds rows: fepd ran here), or
+ * -1 with err (store_open's message) when a file is there that it could not
+ * open. */
+int store_check(const char *data_dir, int *has_rows, char *err, size_t errlen);
 /* SIGHUP: close and reopen the files (for logrotate). */
 void store_reopen(store *s);
 void store_close(store *s);
@@ -854,6 +900,8 @@ typedef struct fepd {
     int listen_fd;                      /* -1 when off */
     int metrics_fd;                     /* -1 when off */
     size_t static_memory_bytes;         /* everything allocated at start-up */
+    int64_t watchdog_every_ms;          /* WATCHDOG=1 period; 0 off */
+    int64_t watchdog_due_ms;            /* the next WATCHDOG=1 */
     uint8_t scratch[FRAME_DATA_MAX];    /* the plaintext of the frame at hand */
     int once;                           /* --once */
     int fresh_state;                    /* --fresh-state */

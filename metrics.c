@@ -54,6 +54,7 @@ enum metric {
     M_DCUS_CAPACITY,
     M_CONFIG_RELOADS,
     M_DCU_LAST_SUCCESS,
+    M_BUILD_INFO,
     METRIC_FAMILIES
 };
 
@@ -91,6 +92,7 @@ static const struct family {
       "Reloads of the config file (SIGHUP), by result." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
+    { "fep_build_info", "gauge", "Always 1; the version is in its label." },
 };
 
 /* ------------------------------------------------------------------------
@@ -162,6 +164,7 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_DCUS_CAPACITY: return d->cfg.dcus_cap;
     case M_CONFIG_RELOADS: return st->reloads[i];
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
+    case M_BUILD_INFO: return 1;
     case METRIC_FAMILIES: break;
     }
     return 0;
@@ -205,6 +208,9 @@ static void sample_labels(const fepd *d, enum metric m, uint32_t i, char *out,
     case M_DCU_LAST_SUCCESS:
         escape_label(d->cfg.dcus[dcu_of_sample(d, i)].id, id, sizeof id);
         snprintf(out, cap, "{dcu=\"%s\"}", id);
+        break;
+    case M_BUILD_INFO:
+        snprintf(out, cap, "{version=\"%s\"}", FEP_VERSION);
         break;
     default:
         out[0] = '\0';

@@ -1504,6 +1504,19 @@ int state_dcu_set(fep_state *st, const fep_config *cfg, unsigned i, int fresh)
     return attach_one(st, cfg, i);
 }
 
+/* state_dir is a directory, or not there yet (made after the load): the
+ * same words whether start-up or --check finds it otherwise. */
+static int state_dir_usable(const char *dir, char *err, size_t errlen)
+{
+    struct stat sb;
+
+    if (stat(dir, &sb) == 0 ? S_ISDIR(sb.st_mode) : errno == ENOENT)
+        return 0;
+    snprintf(err, errlen, "%s: %s", dir, strerror(errno == ENOENT ||
+                                                  errno == 0 ? ENOTDIR : errno));
+    return -1;
+}
+
 int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
                char *err, size_t errlen)
 {
@@ -1521,6 +1534,8 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
         snprintf(err, errlen, "%s: path too long", cfg->state_dir);
         goto fail;
     }
+    if (state_dir_usable(cfg->state_dir, err, errlen) != 0)
+        goto fail;
     if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
         goto fail;
     if (!how->fresh && state_load(st, how, err, errlen) != 0)

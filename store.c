@@ -579,6 +579,68 @@ int store_open(store *s, const char *data_dir, int sync_packet, char *err,
     return 0;
 }
 
+/* What out_open_at would say of path, read only: -1 when it would fail
+ * (*what and errno as it would set them), else 0 with *fd open for
+ * reading, or -1 when the file is missing. */
+static int out_check(const char *path, int *fd, const char **what)
+{
+    struct stat st;
+
+    *fd = -1;
+    *what = "open";
+    if (stat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    /* out_open_at opens O_RDWR: that fails on a directory and on a file it
+     * may not write; then fstat refuses what is not a regular file. */
+    if (S_ISDIR(st.st_mode)) {
+        errno = EISDIR;
+        return -1;
+    }
+    if (faccessat(AT_FDCWD, path, R_OK | W_OK, AT_EACCESS) != 0)
+        return -1;
+    if (!S_ISREG(st.st_mode)) {
+        *what = "open (not a regular file)";
+        errno = EINVAL;
+        return -1;
+    }
+    *fd = sys_open_regular(path, O_RDONLY, 0, NULL);
+    return *fd >= 0 ? 0 : -1;
+}
+
+/* Each file as store_open would find it, without writing: the same
+ * refusals and messages, and the same test for rows. */
+int store_check(const char *data_dir, int *has_rows, char *err, size_t errlen)
+{
+    unsigned i;
+
+    *has_rows = 0;
+    if (strlen(data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
+        snprintf(err, errlen, "%s: path too long", data_dir);
+        return -1;
+    }
+    for (i = 0; i < STORE_FILES; i++) {
+        char path[PATH_SIZE];
+        const char *what;
+        struct stat st;
+        off_t keep = -1;
+        int fd;
+
+        snprintf(path, sizeof path, "%s/%s", data_dir, store_files[i].name);
+        if (out_check(path, &fd, &what) != 0) {
+            snprintf(err, errlen, "%s: %s: %s", path, what, strerror(errno));
+            return -1;
+        }
+        if (fd < 0)
+            continue;                   /* store_open creates it */
+        if (fstat(fd, &st) == 0)
+            keep = tail_keep(fd, st.st_size);
+        sys_close(fd);
+        if (keep > (off_t)strlen(store_files[i].header))
+            *has_rows = 1;
+    }
+    return 0;
+}
+
 /* Rows already in an old file cannot be committed together with rows in the
  * new one, so a reopen in the middle of a pass fails that pass. */
 void store_reopen(store *s)

@@ -9,20 +9,23 @@
  *   3. a test build (-DFEP_FAULT) can make the Nth call of an operation fail
  *      with a chosen error, to sweep fault injection over a whole run.
  *
- * Owns: the ledger counters, the log level and the fault table (file-scope
- * statics, the only globals of the program besides fep.c's signal flags).
+ * Owns: the ledger counters, the log level and the fault table, and the
+ * service manager's notification socket (file-scope statics, the only
+ * globals of the program besides fep.c's signal flags).
  * Must not touch: buffers or descriptors it did not open on a caller's behalf;
  * it allocates nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
@@ -690,6 +693,275 @@ int sys_open_regular(const char *path, int flags, int mode, off_t *size)
 }
 
 /* ------------------------------------------------------------------------
+ * Pidfiles and directories a start will write
+ * ---------------------------------------------------------------------- */
+
+#define PID_TEXT_MAX 24                 /* a pid in decimal and a newline */
+
+long sys_pidfile_read(const char *path, int *exists)
+{
+    char text[PID_TEXT_MAX + 1], *end;
+    ssize_t n;
+    long pid;
+    int fd = sys_open_regular(path, O_RDONLY, 0, NULL);
+
+    *exists = fd != -1 || errno != ENOENT;
+    if (fd == SYS_NOT_REGULAR)
+        errno = EINVAL;
+    if (fd < 0)
+        return *exists ? -1 : 0;
+    do
+        n = read(fd, text, PID_TEXT_MAX);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        int saved = errno;
+        sys_close(fd);
+        errno = saved;
+        return -1;
+    }
+    sys_close(fd);
+    text[n] = '\0';
+    /* Digits and an optional newline, nothing else: "12abc" is garbage. */
+    if (n == 0 || text[0] < '0' || text[0] > '9')
+        return 0;
+    errno = 0;
+    pid = strtol(text, &end, 10);
+    if (errno != 0 || pid <= 0 || (*end != '\0' && strcmp(end, "\n") != 0))
+        return 0;
+    return pid;
+}
+
+/* The first line of /proc/PID/comm (PID 0: self) into out; 0 or -1. */
+static int proc_comm(long pid, char *out, size_t cap)
+{
+    char path[64];
+    ssize_t n;
+    int fd;
+
+    if (pid == 0)
+        snprintf(path, sizeof path, "/proc/self/comm");
+    else
+        snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = read(fd, out, cap - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    out[n] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+    return 0;
+}
+
+int sys_pid_is_peer(long pid)
+{
+    char ours[32], theirs[32];
+
+    if (pid <= 0 || (pid_t)pid != pid || (pid_t)pid == getpid())
+        return 0;
+    /* EPERM: it runs, under another user. */
+    if (kill((pid_t)pid, 0) != 0 && errno != EPERM)
+        return 0;
+    /* A pid reused by another program is not a fepd.  Where /proc cannot
+     * tell, the pid is taken for a fepd: refusing a start is the safe
+     * mistake, two fepds on one state the dangerous one. */
+    if (proc_comm(0, ours, sizeof ours) != 0 ||
+        proc_comm(pid, theirs, sizeof theirs) != 0)
+        return 1;
+    return strcmp(ours, theirs) == 0 || strncmp(theirs, "fepd", 4) == 0;
+}
+
+int sys_pidfile_write(const char *path)
+{
+    char tmp[PATH_SIZE + 8], text[PID_TEXT_MAX];
+    int fd, n, saved;
+
+    if (strlen(path) + sizeof ".tmp" > sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    n = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+    fd = sys_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return -1;
+    if (sys_write_all(fd, text, (size_t)n) != 0) {
+        saved = errno;
+        sys_close(fd);
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    /* No fsync: a pidfile that a crash loses or leaves stale is handled at
+     * the next start; what matters is that a reader never sees half of it. */
+    if (sys_close(fd) != 0 || sys_rename(tmp, path) != 0) {
+        saved = errno;
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+int sys_pidfile_remove(const char *path)
+{
+    int exists;
+
+    if (sys_pidfile_read(path, &exists) != (long)getpid())
+        return 0;                       /* not ours (any more): left alone */
+    return unlink(path);
+}
+
+int sys_dir_writable(const char *path, int may_create)
+{
+    char dir[PATH_SIZE], parent[PATH_SIZE];
+    struct stat st;
+
+    if (path[0] == '\0' || strlen(path) >= sizeof dir) {
+        errno = path[0] ? ENAMETOOLONG : ENOENT;
+        return -1;
+    }
+    strcpy(dir, path);
+    while (stat(dir, &st) != 0) {
+        if (errno != ENOENT || !may_create)
+            return -1;
+        parent_of(dir, strlen(dir), parent);
+        if (strcmp(parent, dir) == 0)
+            return -1;                  /* "." or "/" missing: errno ENOENT */
+        strcpy(dir, parent);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS);
+}
+
+/* ------------------------------------------------------------------------
+ * The service manager's notification socket.  The protocol is sd_notify(3)'s
+ * and nothing more: "KEY=VALUE" lines in one datagram to the AF_UNIX socket
+ * named by $NOTIFY_SOCKET ("@name": Linux's abstract namespace, the first
+ * byte of sun_path NUL and the name's length exact, no NUL after it).  The
+ * socket is unconnected, so each datagram is addressed, as sd_notify does:
+ * a manager that re-creates its socket still hears fepd.
+ * ---------------------------------------------------------------------- */
+
+static int notify_fd = -1;
+static struct sockaddr_un notify_addr;
+static socklen_t notify_len;
+static int notify_failed;               /* a send failed: logged once */
+
+void sys_notify_open(void)
+{
+    const char *name = getenv("NOTIFY_SOCKET");
+    size_t n = name ? strlen(name) : 0;
+    int fd;
+
+    if (n == 0 || notify_fd >= 0)
+        return;
+    if ((name[0] != '/' && name[0] != '@') || n < 2 ||
+        n >= sizeof notify_addr.sun_path) {
+        log_msg(LOG_WARN, "NOTIFY_SOCKET '%s': not a socket path or @name: "
+                "no notifications", name);
+        return;
+    }
+    memset(&notify_addr, 0, sizeof notify_addr);
+    notify_addr.sun_family = AF_UNIX;
+    memcpy(notify_addr.sun_path, name, n);
+    if (name[0] == '@')
+        notify_addr.sun_path[0] = '\0';
+    notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    fd = fd_adopt(socket(AF_UNIX, SOCK_DGRAM, 0));
+    if (fd >= 0 && socket_setup(fd) != 0) {
+        int saved = errno;
+        sys_close(fd);
+        errno = saved;
+        fd = -1;
+    }
+    if (fd < 0) {
+        log_msg(LOG_WARN, "NOTIFY_SOCKET %s: socket: %s: no notifications",
+                name, strerror(errno));
+        return;
+    }
+    notify_fd = fd;
+    notify_failed = 0;
+}
+
+void sys_notify(const char *msg)
+{
+    size_t n = strlen(msg);
+    int flags = 0;
+    ssize_t r;
+
+    if (notify_fd < 0)
+        return;
+#ifdef MSG_NOSIGNAL
+    flags |= MSG_NOSIGNAL;
+#endif
+#ifdef MSG_DONTWAIT
+    flags |= MSG_DONTWAIT;              /* the socket is non-blocking anyway */
+#endif
+    do
+        r = sendto(notify_fd, msg, n, flags,
+                   (const struct sockaddr *)&notify_addr, notify_len);
+    while (r < 0 && errno == EINTR);
+    if (r == (ssize_t)n || notify_failed)
+        return;
+    notify_failed = 1;
+    log_msg(LOG_WARN, "NOTIFY_SOCKET %s%s: cannot send %.*s: %s (logged once; "
+            "messages that cannot be sent are dropped)",
+            notify_addr.sun_path[0] ? "" : "@", notify_addr.sun_path +
+            (notify_addr.sun_path[0] ? 0 : 1), (int)strcspn(msg, "\n"), msg,
+            r < 0 ? strerror(errno) : "short send");
+}
+
+void sys_notify_reloading(void)
+{
+    char msg[64];
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000u +
+             (unsigned long long)ts.tv_nsec / 1000u);
+    sys_notify(msg);
+}
+
+/* A decimal number, digits only, or 0. */
+static unsigned long long env_number(const char *name)
+{
+    const char *v = getenv(name);
+    unsigned long long x;
+    char *end;
+
+    if (!v || v[0] < '0' || v[0] > '9')
+        return 0;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    return errno == 0 && *end == '\0' ? x : 0;
+}
+
+int64_t sys_notify_watchdog_ms(void)
+{
+    unsigned long long usec = env_number("WATCHDOG_USEC");
+    unsigned long long pid = env_number("WATCHDOG_PID");
+
+    if (notify_fd < 0 || usec == 0 || (getenv("WATCHDOG_PID") &&
+                                       pid != (unsigned long long)getpid()))
+        return 0;
+    if (usec / 2000 > (unsigned long long)INT32_MAX)
+        return INT32_MAX;
+    return usec / 2000 > 0 ? (int64_t)(usec / 2000) : 1;
+}
+
+void sys_notify_close(void)
+{
+    sys_close(notify_fd);
+    notify_fd = -1;
+}
+
+/* ------------------------------------------------------------------------
  * Logging: one write(2) per line, so that lines from several processes that
  * share a log file do not interleave, and nothing is queued in memory.
  * ---------------------------------------------------------------------- */
@@ -722,28 +994,67 @@ static void log_write(const char *line, size_t n)
     }
 }
 
-void log_msg(int level, const char *fmt, ...)
+/* Whether stderr is the journal: $JOURNAL_STREAM is "DEV:INO" of the stream
+ * systemd connected, and names stderr only while nobody redirected it. */
+static int stderr_is_journal(void)
+{
+    const char *v = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    char extra;
+
+    if (!v || sscanf(v, "%llu:%llu%c", &dev, &ino, &extra) != 2 ||
+        fstat(2, &st) != 0)
+        return 0;
+    return (unsigned long long)st.st_dev == dev &&
+           (unsigned long long)st.st_ino == ino;
+}
+
+/*
+ * A line is "TIME NAME LEVEL: text".  For the journal it is "<P>NAME LEVEL:
+ * text": P is the syslog priority (sd-daemon.h's SD_ERR 3, SD_WARNING 4,
+ * SD_INFO 6, SD_DEBUG 7), which journald strips and stores, and the time is
+ * left out because journald stamps every line itself, to the microsecond.
+ * Whether stderr is the journal is decided at the first line.
+ */
+static size_t log_prefix(char *line, size_t cap, int level)
 {
     static const char *const names[] = { "error", "warn", "info", "debug" };
-    char line[1024];
+    static const char priorities[] = "3467";
+    static int journal = -1;
     struct timespec ts;
     struct tm tm;
     time_t secs;
+    size_t n = 0;
+    int r;
+
+    level = level < 0 ? 0 : level > 3 ? 3 : level;
+    if (journal < 0)
+        journal = stderr_is_journal();
+    if (journal) {
+        r = snprintf(line, cap, "<%c>%s %s: ", priorities[level], log_name,
+                     names[level]);
+        return r > 0 ? (size_t)r : 0;
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    secs = ts.tv_sec;
+    gmtime_r(&secs, &tm);
+    n = strftime(line, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    r = snprintf(line + n, cap - n, ".%03ldZ %s %s: ", ts.tv_nsec / 1000000L,
+                 log_name, names[level]);
+    return r > 0 ? n + (size_t)r : n;
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+    char line[1024];
     size_t n;
     va_list ap;
     int r;
 
     if (level > log_level)
         return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    secs = ts.tv_sec;
-    gmtime_r(&secs, &tm);
-    n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    r = snprintf(line + n, sizeof line - n, ".%03ldZ %s %s: ",
-                 ts.tv_nsec / 1000000L, log_name,
-                 names[level < 0 ? 0 : level > 3 ? 3 : level]);
-    if (r > 0)
-        n += (size_t)r;
+    n = log_prefix(line, sizeof line, level);
     va_start(ap, fmt);
     r = vsnprintf(line + n, sizeof line - n, fmt, ap);
     va_end(ap);

@@ -618,6 +618,7 @@ int main(int argc, char **argv)
     test_fault_suite();
     test_trust_suite();
     test_docs_suite();
+    test_daemon_suite();
 
     temp_root_end();
     printf("%u passed, %u failed\n", tests_passed, tests_failed);

@@ -108,5 +108,6 @@ void test_fep_suite(void);
 void test_fault_suite(void);
 void test_trust_suite(void);
 void test_docs_suite(void);
+void test_daemon_suite(void);
 
 #endif /* TEST_H */

@@ -1749,7 +1749,7 @@ static void test_fep_cli(void)
     conf_dcus(&w, 1, 2, "127.0.0.1:1", 1, "k,s");
     check[1] = unknown[1] = w.conf;
     CHECK_EQ(fep_cli(&w, check), 0);
-    CHECK_EQ(test_log_count(w.fep_log, ": ok (2 DCUs)"), 1);
+    CHECK_EQ(test_log_count(w.fep_log, ": ok (2 DCUs, static memory "), 1);
     CHECK_EQ(fep_cli(&w, help), 0);
     CHECK_EQ(test_log_count(w.fep_log, "usage: fepd"), 1);
     CHECK_EQ(fep_cli(&w, unknown), 2);
