@@ -737,6 +737,7 @@ static void run(fepd *d)
             slot_io(d, s, FD_ISSET(s->fd, &rfds), FD_ISSET(s->fd, &wfds), now);
         }
         commit_pass(d, now);
+        store_rotate(&d->store, sys_wall_s());
         for (i = 0; i < d->n_slots; i++) {
             check_deadlines(d, &d->slots[i], now);
             reap(d, &d->slots[i], now);
@@ -816,6 +817,8 @@ static void install_signals(void)
 /* Everything allocated at start-up, in one function; 0, or an exit code. */
 static int start(fepd *d)
 {
+    store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,
+                        d->cfg.rotate_s };
     char err[512];
     unsigned i;
 
@@ -824,8 +827,7 @@ static int start(fepd *d)
      * closed, and store_open, which marks its files closed before anything
      * in it can fail, comes first. */
     d->listen_fd = d->metrics_fd = -1;
-    if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
-                   sizeof err) != 0) {
+    if (store_open(&d->store, &sc, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
     }

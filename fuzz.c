@@ -425,6 +425,15 @@ static void remove_base_dir(void)
     remove_tree(base_dir);
 }
 
+/* The store as fep.c start() opens it. */
+static int fuzz_store_open(fepd *d, char *err, size_t errlen)
+{
+    store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,
+                        d->cfg.rotate_s };
+
+    return store_open(&d->store, &sc, err, errlen);
+}
+
 /* Start-up, once per process, as fep.c start() does it. */
 static void session_init(void)
 {
@@ -447,8 +456,7 @@ static void session_init(void)
     if (write_config(conf) != 0 ||
         config_load(conf, &d->cfg, err, sizeof err) != 0 ||
         state_open(&d->state, &d->cfg, err, sizeof err) != 0 ||
-        store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
-                   sizeof err) != 0) {
+        fuzz_store_open(d, err, sizeof err) != 0) {
         fprintf(stderr, "fuzz_session: start-up failed: %s\n", err);
         abort();
     }
@@ -499,8 +507,7 @@ static void session_reset(int stopping, int others_busy, int ics_used_up)
             char err[512];
 
             store_close(&d->store);
-            if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet,
-                           err, sizeof err) != 0) {
+            if (fuzz_store_open(d, err, sizeof err) != 0) {
                 fprintf(stderr, "fuzz_session: %s\n", err);
                 abort();
             }

@@ -51,6 +51,7 @@ enum metric {
     M_BUSY_REJECTED,
     M_DESCRIPTORS_OPEN,
     M_DCU_LAST_SUCCESS,
+    M_SEGMENTS_READY,
     METRIC_FAMILIES
 };
 
@@ -83,6 +84,8 @@ static const struct family {
       "Descriptors open through the system layer." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
+    { "fep_segments_ready_total", "counter",
+      "CSV segments handed off to data_dir/ready/ (rotate)." },
 };
 
 /* ------------------------------------------------------------------------
@@ -141,6 +144,7 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_BUSY_REJECTED: return st->busy_rejected;
     case M_DESCRIPTORS_OPEN: return descriptors_open();
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
+    case M_SEGMENTS_READY: return d->store.segments_ready;
     case METRIC_FAMILIES: break;
     }
     return 0;
