@@ -2244,7 +2244,7 @@ static void test_fep_rotate_push(void)
         CHECK_EQ(s.rows_of[1], 16);
         CHECK_EQ(s.rows_of[2], 16);
         CHECK_EQ(s.rows_of[3], 16);
-        CHECK(ready_metric >= 3 && ready_metric < s.files);
+        CHECK(ready_metric >= 3 && ready_metric <= s.files);
         CHECK_EQ(test_log_count(w.fep_log, "segment ready: "), s.files);
         recs_free(&s.lp);
         recs_free(&acked);
@@ -2355,7 +2355,7 @@ static void test_fep_rotate_full_disk(void)
                            "KK", "--push-rate", "6", NULL };
     int seq_failed = 0, rename_failed = 0, n;
 
-    for (n = 1; n <= 6 && !rename_failed; n++) {
+    for (n = 1; n <= 8 && !rename_failed; n++) {
         char fault[32], directives[128];
         struct segments s;
         struct recs acked;
@@ -2428,7 +2428,8 @@ static void test_fep_rotate_postgres(void)
         CHECK_EQ(fep_stop(&w, SIGTERM), 0);
         check_segments(&w, &s, &acked);
         /* The loader runs twice, the second time over a copy of every
-         * segment already loaded: nothing is counted twice. */
+         * segment already loaded: nothing is counted twice.  A segment
+         * that cannot be loaded stops the loader and stays in ready/. */
         snprintf(script, sizeof script,
                  "set -e; d='%s'; export PGOPTIONS='-c search_path=%s';\n"
                  "PGOPTIONS= psql -X -q -v ON_ERROR_STOP=1 -c 'CREATE SCHEMA %s'\n"
@@ -2438,6 +2439,10 @@ static void test_fep_rotate_postgres(void)
                  "test -z \"$(ls \"$d/ready\")\"\n"
                  "cp \"$d\"/done/*.csv \"$d/ready/\"\n"
                  "sh contrib/fepd-load-pg.sh \"$d\"\n"
+                 "bad=\"$d/ready/lp-FEP00001-29991231T235959Z-999999.csv\"\n"
+                 "printf 'dcu_id,meter_id,ts\\nDCU00001,M,x\\n' > \"$bad\"\n"
+                 "if sh contrib/fepd-load-pg.sh \"$d\"; then exit 9; fi\n"
+                 "test -f \"$bad\"\n"
                  "for t in lp dcu_status meter_status meter_change; do\n"
                  "  echo \"$t=$(psql -X -At -c \"SELECT count(*) FROM fep_$t\")\"\n"
                  "done\n", w.data, schema, schema, schema);
