@@ -66,6 +66,8 @@ static int parse_duration(const char *text, void *field, char *why,
 static int parse_max_dcus(const char *text, void *field, char *why,
                           size_t whylen);
 static int parse_sync(const char *text, void *field, char *why, size_t whylen);
+static int parse_rotate(const char *text, void *field, char *why,
+                        size_t whylen);
 
 #define NO_FLAG ((size_t)-1)
 #define AT(member) offsetof(fep_config, member)
@@ -116,6 +118,8 @@ static const struct directive {
       NO_FLAG, "30", RELOADABLE },
     { "timeout_session", parse_duration, AT(timeout_session_ms),
       SZ(timeout_session_ms), NO_FLAG, "300", RELOADABLE },
+    { "rotate", parse_rotate, AT(rotate_s), SZ(rotate_s), NO_FLAG, NULL,
+      RELOADABLE },
 };
 
 #define DIRECTIVES (sizeof directives / sizeof directives[0])
@@ -398,6 +402,20 @@ static int parse_duration(const char *text, void *field, char *why,
         return -1;
     }
     *(int64_t *)field = ms;
+    return 0;
+}
+
+/* Whole seconds: a segment boundary is a multiple of them on the clock. */
+static int parse_rotate(const char *text, void *field, char *why, size_t whylen)
+{
+    unsigned long v;
+
+    if (parse_unsigned(text, DURATION_MAX_S, &v) != 0 || v < 1) {
+        snprintf(why, whylen, "must be whole seconds, 1..%d, got '%s'",
+                 DURATION_MAX_S, text);
+        return -1;
+    }
+    *(unsigned *)field = (unsigned)v;
     return 0;
 }
 

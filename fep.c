@@ -842,6 +842,9 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
     config_index(&d->cfg);
     config_reload_directives(&d->cfg, &d->staged);
     d->store.sync_packet = d->cfg.sync_packet;
+    if (d->cfg.rotate_s != d->store.rotate_s &&
+        store_set_rotate(&d->store, d->cfg.rotate_s, sys_wall_s()) != 0)
+        d->cfg.rotate_s = d->store.rotate_s;    /* logged; the old one stays */
     d->next_due_ms = 0;                 /* the scheduler looks at once */
     return 0;
 }
@@ -947,6 +950,7 @@ static void run(fepd *d)
             slot_io(d, s, FD_ISSET(s->fd, &rfds), FD_ISSET(s->fd, &wfds), now);
         }
         commit_pass(d, now);
+        store_rotate(&d->store, sys_wall_s());
         for (i = 0; i < d->n_slots; i++) {
             check_deadlines(d, &d->slots[i], now);
             reap(d, &d->slots[i], now);
@@ -1030,6 +1034,8 @@ static void install_signals(void)
 /* Everything allocated at start-up, in one function; 0, or an exit code. */
 static int start(fepd *d)
 {
+    store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,
+                        d->cfg.rotate_s };
     char err[1024];
     state_start how;
     unsigned i;
@@ -1039,8 +1045,7 @@ static int start(fepd *d)
      * closed, and store_open, which marks its files closed before anything
      * in it can fail, comes first. */
     d->listen_fd = d->metrics_fd = -1;
-    if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
-                   sizeof err) != 0) {
+    if (store_open(&d->store, &sc, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
     }

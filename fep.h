@@ -578,6 +578,7 @@ typedef struct fep_config {
     int64_t timeout_write_ms;
     int64_t timeout_idle_ms;
     int64_t timeout_session_ms;
+    unsigned rotate_s;                  /* segments to data_dir/ready/; 0: off */
     dcu_conf *dcus;                     /* n_dcus entries (dcus_cap room), allocated once */
     unsigned *by_sid;                   /* indices of the n_live DCUs not removed, by sid */
     unsigned n_dcus;                    /* entries in use, removed ones included */
@@ -630,17 +631,32 @@ typedef struct store_out {
 
 typedef struct store {
     char dir[PATH_SIZE];
+    char fep_id[FRAME_ID_SIZE + 1];     /* in the names of segments */
     int sync_packet;
+    unsigned rotate_s;                  /* 0: the four files; else segments */
+    int64_t period;                     /* wall_s / rotate_s at the last switch */
+    uint64_t seq_next;                  /* SEQ of the next segment handed off */
+    uint64_t seq_limit;                 /* reserved in data_dir/ready.seq: below */
+    int dirs_unsynced;                  /* a handoff's directory fsync failed */
+    uint64_t segments_ready;            /* segments handed off (a metric) */
     int pass_failed;                    /* a write of this pass failed */
     int had_rows;                       /* a file held rows at open: fepd ran here */
     uint64_t rows_pending;              /* rows added since the last commit */
     store_out out[STORE_FILES];
 } store;
 
+typedef struct store_config {
+    const char *data_dir;
+    const char *fep_id;                 /* 1..8 bytes */
+    int sync_packet;
+    unsigned rotate_s;                  /* 0: off */
+} store_config;
+
 /* Creates data_dir if needed, opens (creating with a header line) the four
- * files, and cuts a torn last line left by a crash.  0, or -1 with err. */
-int store_open(store *s, const char *data_dir, int sync_packet, char *err,
-               size_t errlen);
+ * files, and cuts a torn last line left by a crash.  With rotate: creates
+ * data_dir/ready/, and hands off at once a segment a crash left behind.
+ * 0, or -1 with err. */
+int store_open(store *s, const store_config *c, char *err, size_t errlen);
 /* Formats the rows of one checked packet (plaintext payload of K, S, M or N)
  * into the pass buffers.  Returns the number of rows, or -1 when the store
  * cannot take them (the caller answers NACK STORE).  A packet whose file
@@ -661,8 +677,17 @@ int store_commit(store *s);
  * -1 with err (store_open's message) when a file is there that it could not
  * open. */
 int store_check(const char *data_dir, int *has_rows, char *err, size_t errlen);
+/* Between passes (after the commit), any number of times: when the wall
+ * clock has entered a new multiple of rotate_s, every segment holding rows
+ * goes to data_dir/ready/.  Cheap when nothing is due or rotate is off. */
+void store_rotate(store *s, int64_t wall_s);
+/* Reload: a new rotate (0: off), between passes.  Turning it off or on
+ * hands off the segments or starts them.  0, or -1 (logged; unchanged). */
+int store_set_rotate(store *s, unsigned rotate_s, int64_t wall_s);
 /* SIGHUP: close and reopen the files (for logrotate). */
 void store_reopen(store *s);
+/* Drops uncommitted rows; with rotate, hands off the segments that hold
+ * rows and removes the empty ones (graceful stop). */
 void store_close(store *s);
 
 /* ---- state.c: ICs, replay marks and per-DCU statistics, in

@@ -426,6 +426,15 @@ static void remove_base_dir(void)
     remove_tree(base_dir);
 }
 
+/* The store as fep.c start() opens it. */
+static int fuzz_store_open(fepd *d, char *err, size_t errlen)
+{
+    store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,
+                        d->cfg.rotate_s };
+
+    return store_open(&d->store, &sc, err, errlen);
+}
+
 /* Start-up, once per process, as fep.c start() does it. */
 static void session_init(void)
 {
@@ -450,8 +459,7 @@ static void session_init(void)
     log_set_level(getenv("FUZZ_LOG") ? LOG_DEBUG : -1);
     if (write_config(conf) != 0 ||
         config_load(conf, &d->cfg, err, sizeof err) != 0 ||
-        store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet, err,
-                   sizeof err) != 0 ||
+        fuzz_store_open(d, err, sizeof err) != 0 ||
         state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
         fprintf(stderr, "fuzz_session: start-up failed: %s\n", err);
         abort();
@@ -507,8 +515,7 @@ static void session_reset(int stopping, int others_busy, int ics_used_up)
             char err[512];
 
             store_close(&d->store);
-            if (store_open(&d->store, d->cfg.data_dir, d->cfg.sync_packet,
-                           err, sizeof err) != 0) {
+            if (fuzz_store_open(d, err, sizeof err) != 0) {
                 fprintf(stderr, "fuzz_session: %s\n", err);
                 abort();
             }

@@ -55,6 +55,7 @@ enum metric {
     M_CONFIG_RELOADS,
     M_DCU_LAST_SUCCESS,
     M_BUILD_INFO,
+    M_SEGMENTS_READY,
     METRIC_FAMILIES
 };
 
@@ -93,6 +94,8 @@ static const struct family {
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
     { "fep_build_info", "gauge", "Always 1; the version is in its label." },
+    { "fep_segments_ready_total", "counter",
+      "CSV segments handed off to data_dir/ready/ (rotate)." },
 };
 
 /* ------------------------------------------------------------------------
@@ -165,6 +168,7 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_CONFIG_RELOADS: return st->reloads[i];
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
     case M_BUILD_INFO: return 1;
+    case M_SEGMENTS_READY: return d->store.segments_ready;
     case METRIC_FAMILIES: break;
     }
     return 0;

@@ -1,10 +1,16 @@
 /*
- * store.c -- the CSV files of DESIGN.md section 4, with group commit.
+ * store.c -- the CSV files of DESIGN.md section 4, with group commit, and
+ * their handoff to data_dir/ready/ in segments (`rotate`).
  *
  * Owns: the four CSV descriptors and their pass buffers (store_out, inside
- * struct store).  Must not touch: sessions, sockets, the state file.  It
- * allocates nothing; every file operation goes through the sys.c seam so
- * that the descriptor ledger and fault injection see it.
+ * struct store); with rotate, the segments KIND.csv.open in data_dir until
+ * they are renamed into ready/, the directory ready/ itself and the SEQ
+ * reservation data_dir/ready.seq.  Must not touch: sessions, sockets, the
+ * state file, any other file in data_dir (fepd.generation and what an
+ * operator keeps there), and a segment once it is in ready/ (a loader owns
+ * it from then on).  It allocates nothing; every file operation goes
+ * through the sys.c seam so that the descriptor ledger and fault injection
+ * see it.
  *
  * Durability (PROTOCOL.md section 5 rule 6).  The rows of one loop pass
  * collect in each file's buffer; store_commit writes what is left of it in
@@ -19,6 +25,24 @@
  * that was unlinked, renamed or replaced would be acknowledged and then lost
  * to whoever reads the path.
  *
+ * Segments (rotate SECONDS).  Each file is then KIND.csv.open, and
+ * store_rotate, called by the loop between passes, switches when the wall
+ * clock enters a new multiple of SECONDS: a segment that holds rows is
+ * fsynced and renamed into ready/ as KIND-FEPID-YYYYMMDDTHHMMSSZ-SEQ.csv,
+ * ready/ and data_dir are fsynced, and a new segment takes its place; an
+ * empty one is kept for the next period.  Between passes a file ends at
+ * `committed`, so a segment in ready/ holds whole rows of whole packets.
+ * The time in the name is the received_at of the segment's first row (when
+ * the segment began: an empty segment is no segment), read back from the
+ * file, so a segment repaired after a crash gets the name it would have had.
+ * SEQ comes from ready.seq, reserved SEQ_BLOCK at a time and made durable
+ * before use, so it never repeats, across restarts too, whatever a loader
+ * has already taken out of ready/; a crash leaves a gap.  A handoff that
+ * fails (fsync, reservation, rename) leaves the segment open under its name:
+ * rows go on being appended and the next boundary tries again.  Closing the
+ * store hands off what holds rows and removes empty segments; store_open
+ * repairs a segment a crash left and hands it off at once.
+ *
  * Row format: RFC 4180 (a field holding , or " is quoted, quotes doubled),
  * LF line ends, ids without their padding spaces, numbers in decimal, times
  * as Unix seconds.  In an id (DCU or meter), a byte outside printable ASCII
@@ -28,8 +52,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fep.h"
@@ -42,18 +68,32 @@ FEP_STATIC_ASSERT((size_t)ITEM_COUNT_MAX * CSV_ROW_MAX <= STORE_BUF_SIZE,
                   store_buffer_holds_any_packet);
 
 static const struct store_file_desc {
+    const char *kind;                   /* in the names of segments */
     const char *name;
     const char *header;
 } store_files[STORE_FILES] = {
-    { "lp.csv",
+    { "lp", "lp.csv",
       "dcu_id,meter_id,ts,import_wh,export_wh,status,qsn,fsn,received_at\n" },
-    { "dcu_status.csv",
+    { "dcu_status", "dcu_status.csv",
       "dcu_id,fw_version,uptime_s,clock,meter_count,flags,received_at\n" },
-    { "meter_status.csv", "dcu_id,meter_id,status,last_seen,received_at\n" },
-    { "meter_change.csv", "dcu_id,meter_id,change,ts,received_at\n" },
+    { "meter_status", "meter_status.csv",
+      "dcu_id,meter_id,status,last_seen,received_at\n" },
+    { "meter_change", "meter_change.csv",
+      "dcu_id,meter_id,change,ts,received_at\n" },
 };
 
-#define STORE_NAME_MAX 16               /* strlen("meter_change.csv") */
+#define SEGMENT_SUFFIX ".open"          /* the segment being written */
+#define READY_DIR "ready"
+#define SEQ_FILE "ready.seq"
+#define SEQ_TMP "ready.seq.tmp"
+#define SEQ_BLOCK 1000                  /* SEQs reserved by one durable write */
+#define SEQ_TEXT_MAX 24                 /* a u64 in decimal and LF */
+/* The longest name in data_dir: "meter_change.csv.open". */
+#define STORE_NAME_MAX 21
+/* "meter_change-" + 8 id bytes as %HH + "-YYYYMMDDTHHMMSSZ-" + u64 + ".csv" */
+#define READY_NAME_MAX (13 + 24 + 18 + 20 + 4)
+#define READY_PATH_SIZE (PATH_SIZE + sizeof "/" READY_DIR "/" + READY_NAME_MAX)
+#define TIME_MAX_S 253402300799LL       /* 9999-12-31T23:59:59Z */
 #define STORE_ERR_SIZE (PATH_SIZE + 128)
 
 /* ------------------------------------------------------------------------
@@ -215,14 +255,22 @@ static void rows_meter(csv *c, const char *dcu_id, const uint8_t *payload,
  * Opening a file: torn-tail repair and header
  * ---------------------------------------------------------------------- */
 
-static void file_path(const store *s, unsigned i, char path[PATH_SIZE])
+/* dir/name into path; store_open checked that the longest name fits. */
+static void dir_path(const store *s, const char *name, char path[PATH_SIZE])
 {
-    /* store_open checked that the longest name fits after dir. */
     size_t n = strlen(s->dir);
 
     memcpy(path, s->dir, n);
     path[n] = '/';
-    strcpy(path + n + 1, store_files[i].name);
+    strcpy(path + n + 1, name);
+}
+
+/* File i: KIND.csv, or with rotate the segment KIND.csv.open. */
+static void file_path(const store *s, unsigned i, char path[PATH_SIZE])
+{
+    dir_path(s, store_files[i].name, path);
+    if (s->rotate_s > 0)
+        strcat(path, SEGMENT_SUFFIX);
 }
 
 static int read_full(int fd, uint8_t *p, size_t n)
@@ -549,32 +597,438 @@ int store_commit(store *s)
 }
 
 /* ------------------------------------------------------------------------
+ * Segments: SEQ, names, handoff
+ * ---------------------------------------------------------------------- */
+
+/* Between two passes: no row added and not yet committed or cut back. */
+static int pass_idle(const store *s)
+{
+    unsigned i;
+
+    if (s->rows_pending > 0 || s->pass_failed)
+        return 0;
+    for (i = 0; i < STORE_FILES; i++)
+        if (out_touched(&s->out[i]))
+            return 0;
+    return 1;
+}
+
+/* "N\n" with N a decimal number from 1: 0, or -1. */
+static int seq_parse(const char *t, size_t n, uint64_t *v)
+{
+    uint64_t x = 0;
+    size_t i;
+
+    if (n < 2 || t[n - 1] != '\n')
+        return -1;
+    for (i = 0; i + 1 < n; i++) {
+        if (t[i] < '0' || t[i] > '9' || x > (UINT64_MAX - 9) / 10)
+            return -1;
+        x = x * 10 + (uint64_t)(t[i] - '0');
+    }
+    if (x == 0)
+        return -1;
+    *v = x;
+    return 0;
+}
+
+/* The first SEQ not yet reserved, from ready.seq (1 when there is none). */
+static int seq_load(store *s, char *err, size_t errlen)
+{
+    char path[PATH_SIZE], text[SEQ_TEXT_MAX + 1];
+    uint64_t v = 1;
+    ssize_t n = 0;
+    int fd, saved = 0;
+
+    dir_path(s, SEQ_FILE, path);
+    fd = sys_open(path, O_RDONLY, 0);
+    if (fd < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fd >= 0) {
+        n = read(fd, text, sizeof text);    /* the whole file, or too long */
+        saved = errno;
+        sys_close(fd);
+        if (n < 0 || seq_parse(text, (size_t)n, &v) != 0) {
+            snprintf(err, errlen, "%s: %s", path, n < 0 ? strerror(saved) :
+                     "not a decimal number and a newline; remove it to "
+                     "count SEQ from 1 again");
+            return -1;
+        }
+    }
+    s->seq_next = s->seq_limit = v;
+    return 0;
+}
+
+/* SEQ_BLOCK more SEQs: ready.seq holds the end of the reservation, durably,
+ * before any of them names a segment. */
+static int seq_reserve(store *s)
+{
+    char tmp[PATH_SIZE], path[PATH_SIZE], text[SEQ_TEXT_MAX];
+    uint64_t limit = s->seq_limit + SEQ_BLOCK;
+    int n = snprintf(text, sizeof text, "%llu\n", (unsigned long long)limit);
+    int fd, rc, saved;
+
+    dir_path(s, SEQ_TMP, tmp);
+    dir_path(s, SEQ_FILE, path);
+    fd = sys_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    rc = fd >= 0 && sys_write_all(fd, text, (size_t)n) == 0 &&
+         sys_fsync(fd) == 0 ? 0 : -1;
+    saved = errno;
+    sys_close(fd);
+    errno = saved;
+    if (rc == 0 && sys_rename(tmp, path) == 0 && sys_fsync_dir(s->dir) == 0) {
+        s->seq_limit = limit;
+        return 0;
+    }
+    log_msg(LOG_ERROR, "%s: reserving SEQs: %s (the segment stays open; "
+            "handed off at the next boundary)", path, strerror(errno));
+    return -1;
+}
+
+/* fep_id as a part of a name: letters, digits, '_' and '.' as they are,
+ * any other byte as %HH, so that '-' only ever separates the parts. */
+static void id_for_name(const char *id, char out[3 * FRAME_ID_SIZE + 1])
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    for (; *id && n + 3 < 3 * FRAME_ID_SIZE + 1; id++) {
+        unsigned char c = (unsigned char)*id;
+
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+            (c >= '0' && c <= '9') || c == '_' || c == '.') {
+            out[n++] = (char)c;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
+        }
+    }
+    out[n] = '\0';
+}
+
+/* data_dir/ready/KIND-FEPID-YYYYMMDDTHHMMSSZ-SEQ.csv; began is in
+ * 0..TIME_MAX_S. */
+static void ready_path(const store *s, unsigned i, int64_t began, uint64_t seq,
+                       char out[READY_PATH_SIZE])
+{
+    char id[3 * FRAME_ID_SIZE + 1];
+    time_t t = (time_t)began;
+    struct tm tm;
+
+    id_for_name(s->fep_id, id);
+    memset(&tm, 0, sizeof tm);
+    gmtime_r(&t, &tm);
+    if (snprintf(out, READY_PATH_SIZE,
+                 "%s/" READY_DIR "/%s-%s-%04d%02d%02dT%02d%02d%02dZ-%06llu.csv",
+                 s->dir, store_files[i].kind, id, tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 (unsigned long long)seq) >= (int)READY_PATH_SIZE)
+        abort();                        /* READY_NAME_MAX is wrong */
+}
+
+/* When the segment began: the received_at (last field) of its first row,
+ * read through fd.  0, or -1 when no such row can be read. */
+static int segment_began(int fd, int64_t *t)
+{
+    char chunk[512], *row, *end, *p;
+    ssize_t n = pread(fd, chunk, sizeof chunk - 1, 0);
+    int64_t v = 0;
+    int neg;
+
+    if (n <= 0)
+        return -1;
+    chunk[n] = '\0';
+    row = memchr(chunk, '\n', (size_t)n);
+    if (!row)
+        return -1;
+    row++;
+    end = memchr(row, '\n', (size_t)(chunk + n - row));
+    if (!end)
+        return -1;
+    *end = '\0';
+    p = strrchr(row, ',');
+    if (!p)
+        return -1;
+    p++;
+    neg = *p == '-';
+    p += neg;
+    if (*p == '\0')
+        return -1;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > TIME_MAX_S)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    *t = neg ? -v : v;
+    return 0;
+}
+
+/* A segment that holds a row: more than its header. */
+static int segment_has_rows(const store *s, unsigned i)
+{
+    return s->out[i].fd >= 0 &&
+           s->out[i].committed > (off_t)strlen(store_files[i].header);
+}
+
+/*
+ * Segment i, which holds rows and ends at its last committed row, into
+ * ready/: fsync, a SEQ, rename.  0: done and its descriptor closed; -1: it
+ * stays open under its name, rows go on being appended to it, and the next
+ * boundary tries again (logged).
+ */
+static int segment_handoff(store *s, unsigned i, int64_t wall_s)
+{
+    store_out *o = &s->out[i];
+    char from[PATH_SIZE], to[READY_PATH_SIZE];
+    struct stat st;
+    int64_t began;
+
+    file_path(s, i, from);
+    if (!out_same_file(s, i)) {
+        log_msg(LOG_ERROR, "%s: replaced or removed while open: not handed "
+                "off; the path is reopened", from);
+        sys_close(o->fd);
+        o->fd = -1;
+        return -1;
+    }
+    if (sys_fsync(o->fd) != 0) {
+        log_msg(LOG_ERROR, "%s: fsync: %s (the segment stays open; handed "
+                "off at the next boundary)", from, strerror(errno));
+        return -1;
+    }
+    if (s->seq_next >= s->seq_limit && seq_reserve(s) != 0)
+        return -1;
+    if (segment_began(o->fd, &began) != 0)
+        began = wall_s;
+    if (began < 0 || began > TIME_MAX_S)
+        began = began < 0 ? 0 : TIME_MAX_S;
+    ready_path(s, i, began, s->seq_next, to);
+    if (lstat(to, &st) == 0) {
+        /* Only a lost ready.seq leads here: a segment is never replaced. */
+        log_msg(LOG_ERROR, "%s: exists; its SEQ is skipped (the segment "
+                "stays open; handed off at the next boundary)", to);
+        s->seq_next++;
+        return -1;
+    }
+    if (sys_rename(from, to) != 0) {
+        log_msg(LOG_ERROR, "%s: rename to %s: %s (the segment stays open; "
+                "handed off at the next boundary)", from, to, strerror(errno));
+        return -1;
+    }
+    s->seq_next++;
+    s->segments_ready++;
+    log_msg(LOG_INFO, "segment ready: %s (%lld bytes)", to,
+            (long long)o->committed);
+    sys_close(o->fd);
+    o->fd = -1;
+    return 0;
+}
+
+/* The renames made durable: both directories they changed. */
+static void segments_sync_dirs(store *s)
+{
+    char ready[PATH_SIZE];
+
+    dir_path(s, READY_DIR, ready);
+    if (sys_fsync_dir(ready) == 0 && sys_fsync_dir(s->dir) == 0) {
+        s->dirs_unsynced = 0;
+        return;
+    }
+    s->dirs_unsynced = 1;
+    log_msg(LOG_ERROR, "%s: fsync after a handoff: %s (tried again at the "
+            "next boundary)", ready, strerror(errno));
+}
+
+/* A file closed by an earlier failure, opened again (repaired) so that its
+ * rows can be handed off. */
+static void out_reopen_closed(store *s, unsigned i)
+{
+    char err[STORE_ERR_SIZE];
+
+    if (s->out[i].fd < 0 && out_open(s, i, err, sizeof err) != 0)
+        log_msg(LOG_ERROR, "%s (tried again at the next packet)", err);
+}
+
+/* Every segment that holds rows to ready/, then a new segment in the place
+ * of each one handed off; an empty segment stays for the next period. */
+static void segments_switch(store *s, int64_t wall_s)
+{
+    int moved[STORE_FILES] = { 0 }, any = 0;
+    unsigned i;
+
+    for (i = 0; i < STORE_FILES; i++) {
+        out_reopen_closed(s, i);
+        if (segment_has_rows(s, i)) {
+            moved[i] = segment_handoff(s, i, wall_s) == 0;
+            any |= moved[i];
+        }
+    }
+    if (any || s->dirs_unsynced)
+        segments_sync_dirs(s);
+    for (i = 0; i < STORE_FILES; i++)
+        if (moved[i])
+            out_reopen_closed(s, i);
+}
+
+/* The last switch: segments with rows to ready/, empty ones removed. */
+static void segments_end(store *s, int64_t wall_s)
+{
+    char path[PATH_SIZE];
+    int any = 0;
+    unsigned i;
+
+    for (i = 0; i < STORE_FILES; i++) {
+        out_reopen_closed(s, i);
+        if (segment_has_rows(s, i)) {
+            any |= segment_handoff(s, i, wall_s) == 0;
+        } else if (s->out[i].fd >= 0 && out_same_file(s, i)) {
+            file_path(s, i, path);
+            if (unlink(path) != 0)
+                log_msg(LOG_WARN, "%s: %s", path, strerror(errno));
+        }
+    }
+    if (any || s->dirs_unsynced)
+        segments_sync_dirs(s);
+}
+
+/* ready/ exists, durably, and SEQ is known. */
+static int segments_prepare(store *s, char *err, size_t errlen)
+{
+    char ready[PATH_SIZE];
+
+    dir_path(s, READY_DIR, ready);
+    if (sys_mkdir(ready) != 0 || sys_fsync_dir(s->dir) != 0) {
+        snprintf(err, errlen, "%s: %s", ready, strerror(errno));
+        return -1;
+    }
+    return seq_load(s, err, errlen);
+}
+
+/* Without rotate: a segment an earlier run left is the operator's to know
+ * about; it is not touched. */
+static void segments_left_warn(const store *s)
+{
+    char path[PATH_SIZE];
+    struct stat st;
+    unsigned i;
+
+    for (i = 0; i < STORE_FILES; i++) {
+        dir_path(s, store_files[i].name, path);
+        strcat(path, SEGMENT_SUFFIX);
+        if (stat(path, &st) == 0)
+            log_msg(LOG_WARN, "%s: a segment left by a run with rotate; "
+                    "rotate is off, so it is not handed off", path);
+    }
+}
+
+void store_rotate(store *s, int64_t wall_s)
+{
+    int64_t period;
+
+    if (s->rotate_s == 0)
+        return;
+    period = wall_s / (int64_t)s->rotate_s;
+    /* Rows of a pass not yet committed must not straddle two segments. */
+    if (period == s->period || !pass_idle(s))
+        return;
+    s->period = period;
+    segments_switch(s, wall_s);
+}
+
+/* ------------------------------------------------------------------------
  * Open, reopen, close
  * ---------------------------------------------------------------------- */
 
-int store_open(store *s, const char *data_dir, int sync_packet, char *err,
-               size_t errlen)
+/* Uncommitted rows were never acknowledged: they are dropped, and any of
+ * them already written out of a full buffer are cut, not flushed.  With
+ * hand_off, segments end as at exit. */
+static void files_close(store *s, int hand_off)
+{
+    unsigned i;
+
+    for (i = 0; i < STORE_FILES; i++)
+        if (out_touched(&s->out[i]))
+            out_rollback(s, i, 0);
+    pass_reset(s);
+    if (hand_off && s->rotate_s > 0)
+        segments_end(s, sys_wall_s());
+    for (i = 0; i < STORE_FILES; i++) {
+        sys_close(s->out[i].fd);
+        s->out[i].fd = -1;
+    }
+}
+
+int store_open(store *s, const store_config *c, char *err, size_t errlen)
 {
     unsigned i;
 
     memset(s, 0, sizeof *s);
     for (i = 0; i < STORE_FILES; i++)
         s->out[i].fd = -1;
-    if (strlen(data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
-        snprintf(err, errlen, "%s: path too long", data_dir);
+    if (strlen(c->data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
+        snprintf(err, errlen, "%s: path too long", c->data_dir);
         return -1;
     }
-    strcpy(s->dir, data_dir);
-    s->sync_packet = sync_packet;
-    if (sys_mkdir(data_dir) != 0) {
-        snprintf(err, errlen, "%s: %s", data_dir, strerror(errno));
+    if (strlen(c->fep_id) > FRAME_ID_SIZE) {
+        snprintf(err, errlen, "fep_id '%s': too long", c->fep_id);
         return -1;
     }
+    strcpy(s->dir, c->data_dir);
+    strcpy(s->fep_id, c->fep_id);
+    s->sync_packet = c->sync_packet;
+    if (sys_mkdir(s->dir) != 0) {
+        snprintf(err, errlen, "%s: %s", s->dir, strerror(errno));
+        return -1;
+    }
+    if (c->rotate_s > 0 && segments_prepare(s, err, errlen) != 0)
+        return -1;
+    s->rotate_s = c->rotate_s;
     for (i = 0; i < STORE_FILES; i++) {
         if (out_open(s, i, err, errlen) != 0) {
-            store_close(s);
+            files_close(s, 0);          /* a failed open hands off nothing */
             return -1;
         }
+    }
+    if (s->rotate_s > 0) {
+        int64_t now = sys_wall_s();
+
+        s->period = now / (int64_t)s->rotate_s;
+        segments_switch(s, now);        /* what a crash left, at once */
+    } else {
+        segments_left_warn(s);
+    }
+    return 0;
+}
+
+int store_set_rotate(store *s, unsigned rotate_s, int64_t wall_s)
+{
+    char err[STORE_ERR_SIZE];
+    unsigned i;
+
+    if (!pass_idle(s))
+        return -1;
+    if ((rotate_s > 0) == (s->rotate_s > 0)) {
+        s->rotate_s = rotate_s;
+        if (rotate_s > 0)
+            s->period = wall_s / (int64_t)rotate_s;
+        return 0;
+    }
+    if (rotate_s > 0 && segments_prepare(s, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s (rotate stays off)", err);
+        return -1;
+    }
+    files_close(s, 1);
+    s->rotate_s = rotate_s;
+    for (i = 0; i < STORE_FILES; i++)
+        out_reopen_closed(s, i);
+    if (rotate_s > 0) {
+        s->period = wall_s / (int64_t)rotate_s;
+        segments_switch(s, wall_s);
+    } else {
+        segments_left_warn(s);
     }
     return 0;
 }
@@ -662,17 +1116,7 @@ void store_reopen(store *s)
     }
 }
 
-/* Uncommitted rows were never acknowledged: they are dropped, and any of
- * them already written out of a full buffer are cut, not flushed. */
 void store_close(store *s)
 {
-    unsigned i;
-
-    for (i = 0; i < STORE_FILES; i++) {
-        if (out_touched(&s->out[i]))
-            out_rollback(s, i, 0);
-        sys_close(s->out[i].fd);
-        s->out[i].fd = -1;
-    }
-    pass_reset(s);
+    files_close(s, 1);
 }

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <time.h>
@@ -1913,7 +1914,7 @@ static void check_metric_names(const char *text)
         "fep_sessions_active", "fep_frames_received_total",
         "fep_frames_sent_total", "fep_records_stored_total",
         "fep_garbage_bytes_total", "fep_slots_in_use", "fep_slots_capacity",
-        "fep_static_memory_bytes", NULL
+        "fep_static_memory_bytes", "fep_segments_ready_total", NULL
     };
     char name[128];
     unsigned i;
@@ -2020,6 +2021,413 @@ static void test_fep_metrics(void)
     sim_stop(&w);
     fep_stop(&w, SIGKILL);
     world_end(&w);
+}
+
+/* ========================================================================
+ * 8. Segments: rotate hands finished CSV files to data_dir/ready/
+ * ====================================================================== */
+
+#define SEGMENTS_MAX 256
+
+static const char *const segment_kinds[] = {
+    "lp", "dcu_status", "meter_status", "meter_change", NULL
+};
+
+/* What the segments in ready/ add up to. */
+struct segments {
+    long files;
+    long bad_names;                     /* not KIND-FEP00001-TIME-SEQ.csv */
+    long bad_files;                     /* no header first, a torn or extra line */
+    long files_of[4];                   /* by kind */
+    long rows_of[4];                    /* by kind */
+    struct recs lp;                     /* the lp rows, all segments */
+};
+
+/* The kind of a segment's name (index into segment_kinds), or -1 when the
+ * name is not KIND-FEP00001-YYYYMMDDTHHMMSSZ-SEQ.csv. */
+static int segment_kind(const char *name)
+{
+    unsigned date, time_of_day;
+    char z, dash, rest[16];
+    int i, used = 0;
+
+    for (i = 0; segment_kinds[i]; i++) {
+        size_t n = strlen(segment_kinds[i]);
+
+        if (strncmp(name, segment_kinds[i], n) == 0 &&
+            strncmp(name + n, "-FEP00001-", 10) == 0) {
+            const char *t = name + n + 10;
+
+            if (strlen(t) < 17 || t[8] != 'T' ||
+                strspn(t, "0123456789") != 8 || strspn(t + 9, "0123456789") != 6 ||
+                sscanf(t, "%8u%*c%6u%c%c%15[0-9]%n", &date, &time_of_day, &z,
+                       &dash, rest, &used) != 5 || z != 'Z' || dash != '-' ||
+                strcmp(t + used, ".csv") != 0)
+                return -1;
+            return date >= 20000101 ? i : -1;
+        }
+    }
+    return -1;
+}
+
+/* Rows of a segment whose first line is a header and every other line a
+ * whole row with as many fields; -1 otherwise. */
+static long segment_rows(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[LINE_MAX_TEST];
+    long lines = 0;
+    int header_commas = -1, ok = f != NULL;
+
+    while (ok && fgets(line, sizeof line, f)) {
+        int commas = 0;
+        const char *p;
+
+        for (p = line; *p; p++)
+            commas += *p == ',';
+        ok = strchr(line, '\n') != NULL &&
+             (strncmp(line, "dcu_id,", 7) == 0) == (lines == 0) &&
+             (lines == 0 || commas == header_commas);
+        if (lines++ == 0)
+            header_commas = commas;
+    }
+    if (f)
+        fclose(f);
+    return ok && lines >= 1 ? lines - 1 : -1;
+}
+
+/* Reads data/ready into s (names, whole rows, lp records sorted). */
+static void segments_load(const struct world *w, struct segments *s)
+{
+    char ready[PATH_MAX_TEST + 8], path[2 * PATH_MAX_TEST];
+    struct dirent *e;
+    DIR *d;
+
+    memset(s, 0, sizeof *s);
+    snprintf(ready, sizeof ready, "%s/ready", w->data);
+    d = opendir(ready);
+    CHECK(d != NULL);
+    while (d && (e = readdir(d)) != NULL) {
+        int kind = segment_kind(e->d_name);
+        long rows;
+
+        if (e->d_name[0] == '.')
+            continue;
+        s->files++;
+        snprintf(path, sizeof path, "%s/%s", ready, e->d_name);
+        if (kind < 0) {
+            s->bad_names++;
+            continue;
+        }
+        rows = segment_rows(path);
+        s->bad_files += rows <= 0;      /* an empty segment is not handed off */
+        s->files_of[kind]++;
+        s->rows_of[kind] += rows > 0 ? rows : 0;
+        if (kind == 0)
+            CHECK(recs_load(&s->lp, path, 9) == 0);
+    }
+    if (d)
+        closedir(d);
+    recs_sort(&s->lp);
+}
+
+/* No segment left open in data_dir. */
+static long segments_open(const struct world *w)
+{
+    char path[PATH_MAX_TEST + 32];
+    long n = 0;
+    unsigned i;
+
+    for (i = 0; segment_kinds[i]; i++) {
+        snprintf(path, sizeof path, "%s/%s.csv.open", w->data, segment_kinds[i]);
+        n += access(path, F_OK) == 0;
+    }
+    return n;
+}
+
+/* Every check a finished run's ready/ must pass; acked is dcusim's CSV. */
+static void check_segments(const struct world *w, struct segments *s,
+                           struct recs *acked)
+{
+    segments_load(w, s);
+    memset(acked, 0, sizeof *acked);
+    CHECK(recs_load(acked, w->acked, 6) == 0);
+    recs_sort(acked);
+    CHECK_EQ(segments_open(w), 0);
+    CHECK_EQ(s->bad_names, 0);
+    CHECK_EQ(s->bad_files, 0);
+    CHECK_EQ(s->lp.bad, 0);
+    CHECK_EQ(s->lp.misplaced_headers, 0);
+    CHECK_EQ(s->lp.headers, s->files_of[0]);
+    CHECK_EQ(recs_missing(&s->lp, acked), 0);
+}
+
+/* dcusim pushes for about four seconds while fepd hands off a segment at
+ * every second of the clock; SIGTERM hands off the rest.  Every acked
+ * record is in a segment, once; every segment is whole and well named. */
+static void test_fep_rotate_push(void)
+{
+    const char *args[] = { "--dcus", "16", "--records", "48", "--push-cmds",
+                           "KSKMKN", "--push-rate", "24", "--key", KEY_HEX,
+                           NULL };
+    static char text[METRICS_BUF];
+    char directives[192];
+    struct segments s;
+    struct recs acked;
+    struct world w;
+    long long ready_metric = -1;
+
+    world_init(&w, "rotate-push");
+    snprintf(directives, sizeof directives, "listen %s\nmetrics %s\nrotate 1\n",
+             w.fep_addr, w.metrics_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 16, NULL, 1, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(http_get(w.metrics_port, "/metrics", text, sizeof text), 200);
+        ready_metric = metric_get(text, "fep_segments_ready_total");
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+        CHECK_EQ(sim_report(&w, "nacks_received"), 0);
+        check_segments(&w, &s, &acked);
+        CHECK_EQ(acked.n, 16 * 48 * 3);
+        check_stored_exactly(&s.lp, &acked);
+        /* K rounds two seconds apart cannot share a segment. */
+        CHECK(s.files_of[0] >= 2);
+        CHECK_EQ(s.rows_of[1], 16);
+        CHECK_EQ(s.rows_of[2], 16);
+        CHECK_EQ(s.rows_of[3], 16);
+        CHECK(ready_metric >= 3 && ready_metric <= s.files);
+        CHECK_EQ(test_log_count(w.fep_log, "segment ready: "), s.files);
+        recs_free(&s.lp);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* SIGKILL while segments are open: the next start repairs them and hands
+ * them off at once; no acked record is missing. */
+static void test_fep_rotate_kill9(void)
+{
+    const char *args[] = { "--dcus", "5", "--records", "96", "--key", KEY_HEX,
+                           NULL };
+    char open_lp[PATH_MAX_TEST + 16];
+    struct segments s;
+    struct recs acked;
+    struct world w;
+    long killed_rows;
+
+    world_init(&w, "rotate-kill9");
+    snprintf(open_lp, sizeof open_lp, "%s/lp.csv.open", w.data);
+    conf_begin(&w, "poll_every 0.2\nrotate 3600\n");
+    if (sim_start(&w, 0, args) == 0) {
+        conf_dcus(&w, 1, 5, w.sim_addr, 1, "k,s");
+        if (fep_start(&w, NULL) == 0) {
+            CHECK(wait_rows(open_lp, 1000) == 0);
+            CHECK_EQ(fep_stop(&w, SIGKILL), 128 + SIGKILL);
+        }
+        killed_rows = csv_rows(open_lp);
+        CHECK(killed_rows >= 1000);
+        if (fep_start(&w, NULL) == 0) {
+            /* Handed off during start-up, not at a boundary an hour on. */
+            segments_load(&w, &s);
+            CHECK(s.files_of[0] >= 1 && s.rows_of[0] >= killed_rows);
+            recs_free(&s.lp);
+            CHECK(wait_rows(open_lp, 1000) == 0);
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+        }
+        CHECK_EQ(sim_stop(&w), 0);
+        check_segments(&w, &s, &acked);
+        CHECK(acked.n >= 2000);
+        CHECK(s.files_of[0] >= 2);
+        recs_free(&s.lp);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* Waits (bounded) until every acked lp record is in ready/ and the open
+ * lp segment holds no row; 0 or -1. */
+static int wait_handed_off(const struct world *w)
+{
+    int64_t deadline = sys_now_ms() + SETTLE_MS;
+    char open_lp[PATH_MAX_TEST + 16];
+
+    snprintf(open_lp, sizeof open_lp, "%s/lp.csv.open", w->data);
+    for (;;) {
+        struct segments s;
+        long acked = csv_rows(w->acked);
+        int done;
+
+        segments_load(w, &s);
+        done = csv_rows(open_lp) == 0 && (long)s.lp.n >= acked;
+        recs_free(&s.lp);
+        if (done)
+            return 0;
+        if (sys_now_ms() >= deadline)
+            return -1;
+        test_sleep_ms(100);
+    }
+}
+
+/* fepd_t with FEP_FAULT: 1 once it serves, 0 when the fault stopped its
+ * start-up (it has exited and is reaped), -1 when neither came in time. */
+static int fep_try_start(struct world *w, const char *fault)
+{
+    long started = test_log_count(w->fep_log, "static memory");
+    int64_t deadline = sys_now_ms() + START_MS;
+    int status;
+
+    w->fep = fep_spawn(w, FEPD_T, NULL, fault);
+    while (w->fep > 0 && sys_now_ms() < deadline) {
+        if (test_log_count(w->fep_log, "static memory") > started)
+            return 1;
+        if (waitpid(w->fep, &status, WNOHANG) == w->fep) {
+            w->fep = -1;
+            return 0;
+        }
+        test_sleep_ms(10);
+    }
+    return -1;
+}
+
+/*
+ * A full disk at the moment of a switch: rename number n fails with
+ * ENOSPC, for n from 1 up, until the fault has hit both the SEQ
+ * reservation and the segment's own rename.  A fault that hits start-up
+ * (the state file) stops fepd there.  At every point: the segment stays
+ * open, nothing is lost, no half-renamed file appears, and a later
+ * boundary hands everything off.
+ */
+static void test_fep_rotate_full_disk(void)
+{
+    const char *args[] = { "--dcus", "4", "--records", "40", "--push-cmds",
+                           "KK", "--push-rate", "6", NULL };
+    int seq_failed = 0, rename_failed = 0, n;
+
+    for (n = 1; n <= 8 && !rename_failed; n++) {
+        char fault[32], directives[128];
+        struct segments s;
+        struct recs acked;
+        struct world w;
+        int started;
+        long seq0, rename0;
+
+        world_init(&w, "rotate-enospc");
+        snprintf(directives, sizeof directives, "listen %s\nrotate 1\n",
+                 w.fep_addr);
+        conf_begin(&w, directives);
+        conf_dcus(&w, 1, 4, NULL, 0, "k");
+        snprintf(fault, sizeof fault, "rename:%d:ENOSPC", n);
+        started = fep_try_start(&w, fault);
+        CHECK(started >= 0);
+        if (started == 1 && sim_start(&w, 1, args) == 0) {
+            CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+            /* A later boundary hands off what is left, before the stop. */
+            CHECK(wait_handed_off(&w) == 0);
+            seq0 = test_log_count(w.fep_log, "reserving SEQs: No space left");
+            rename0 = log_count2(w.fep_log, "/ready/lp-FEP00001-",
+                                 "No space left on device (the segment stays open");
+            CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+            check_clean_exit(&w);
+            check_segments(&w, &s, &acked);
+            CHECK_EQ(acked.n, 4 * 40 * 2);
+            check_stored_exactly(&s.lp, &acked);
+            seq_failed += seq0 > 0;
+            rename_failed += rename0 > 0;
+            recs_free(&s.lp);
+            recs_free(&acked);
+        }
+        fep_stop(&w, SIGKILL);
+        world_end(&w);
+    }
+    CHECK_EQ(seq_failed, 1);
+    CHECK_EQ(rename_failed, 1);
+}
+
+/* A reading that reaches two segments (the ACK lost after the commit)
+ * loads once: the loader script against a PostgreSQL server, when there is
+ * one (PGHOST and the rest from the environment). */
+static void test_fep_rotate_postgres(void)
+{
+    const char *probe[] = { "/bin/sh", "-c",
+                            "command -v psql >/dev/null && pg_isready -q", NULL };
+    const char *args[] = { "--dcus", "10", "--records", "50", "--meters", "2",
+                           "--push-cmds", "KSMNK", "--push-rate", "20", NULL };
+    char directives[128], script[4096], out[PATH_MAX_TEST], schema[64];
+    const char *sh[] = { "/bin/sh", "-c", script, NULL };
+    static char text[4096];
+    struct segments s;
+    struct recs acked;
+    struct world w;
+    long long lp = -1, st = -1, ms = -1, mc = -1;
+    pid_t pid = test_spawn(probe, NULL);
+
+    if (pid <= 0 || test_wait(pid, STOP_MS) != 0) {
+        printf("skipped: no PostgreSQL server\n");
+        return;
+    }
+    world_init(&w, "rotate-pg");
+    world_path(&w, "psql.out", out);
+    snprintf(schema, sizeof schema, "fepd_test_%ld", (long)getpid());
+    snprintf(directives, sizeof directives, "listen %s\nrotate 1\n", w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 10, NULL, 0, "k");
+    if (fep_start(&w, NULL) == 0 && sim_start(&w, 1, args) == 0) {
+        CHECK_EQ(sim_wait_exit(&w, ONCE_MS), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_segments(&w, &s, &acked);
+        /* The loader runs twice, the second time over a copy of every
+         * segment already loaded: nothing is counted twice.  A segment
+         * that cannot be loaded stops the loader and stays in ready/. */
+        snprintf(script, sizeof script,
+                 "set -e; d='%s'; export PGOPTIONS='-c search_path=%s';\n"
+                 "PGOPTIONS= psql -X -q -v ON_ERROR_STOP=1 -c 'CREATE SCHEMA %s'\n"
+                 "trap \"PGOPTIONS= psql -X -q -c 'DROP SCHEMA %s CASCADE'\" EXIT\n"
+                 "psql -X -q -v ON_ERROR_STOP=1 -f contrib/fepd-pg-schema.sql\n"
+                 "sh contrib/fepd-load-pg.sh \"$d\"\n"
+                 "test -z \"$(ls \"$d/ready\")\"\n"
+                 "cp \"$d\"/done/*.csv \"$d/ready/\"\n"
+                 "sh contrib/fepd-load-pg.sh \"$d\"\n"
+                 "bad=\"$d/ready/lp-FEP00001-29991231T235959Z-999999.csv\"\n"
+                 "printf 'dcu_id,meter_id,ts\\nDCU00001,M,x\\n' > \"$bad\"\n"
+                 "if sh contrib/fepd-load-pg.sh \"$d\"; then exit 9; fi\n"
+                 "test -f \"$bad\"\n"
+                 "for t in lp dcu_status meter_status meter_change; do\n"
+                 "  echo \"$t=$(psql -X -At -c \"SELECT count(*) FROM fep_$t\")\"\n"
+                 "done\n", w.data, schema, schema, schema);
+        pid = test_spawn(sh, out);
+        CHECK_EQ(pid > 0 ? test_wait(pid, ONCE_MS) : -1, 0);
+        if (test_read_file(out, text, sizeof text) >= 0) {
+            const char *p;
+
+            lp = (p = strstr(text, "lp=")) ? atoll(p + 3) : -1;
+            st = (p = strstr(text, "dcu_status=")) ? atoll(p + 11) : -1;
+            ms = (p = strstr(text, "meter_status=")) ? atoll(p + 13) : -1;
+            mc = (p = strstr(text, "meter_change=")) ? atoll(p + 13) : -1;
+        }
+        CHECK_EQ(lp, (long long)acked.n);
+        CHECK_EQ(acked.n, 10 * 50 * 2);
+        CHECK_EQ(st, 10);
+        CHECK_EQ(ms, 10 * 2);
+        CHECK_EQ(mc, 10 * 2);
+        recs_free(&s.lp);
+        recs_free(&acked);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
+/* rotate takes whole seconds, 1 to 86400. */
+static void test_fep_rotate_config(void)
+{
+    config_error("cfg-rotate0", "rotate 0\n", 5);
+    config_error("cfg-rotate-big", "rotate 86401\n", 5);
+    config_error("cfg-rotate-frac", "rotate 0.5\n", 5);
+    config_error("cfg-rotate-twice", "rotate 60\nrotate 60\n", 6);
 }
 
 /* ========================================================================
@@ -2277,4 +2685,9 @@ void test_fep_suite(void)
     test_run("fep_reload", test_fep_reload);
     test_run("fep_reload_mark_survives", test_fep_reload_mark_survives);
     test_run("fep_reload_under_load", test_fep_reload_under_load);
+    test_run("fep_rotate_push", test_fep_rotate_push);
+    test_run("fep_rotate_kill9", test_fep_rotate_kill9);
+    test_run("fep_rotate_full_disk", test_fep_rotate_full_disk);
+    test_run("fep_rotate_postgres", test_fep_rotate_postgres);
+    test_run("fep_rotate_config", test_fep_rotate_config);
 }

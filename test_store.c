@@ -2,8 +2,10 @@
  * test_store.c -- tests of store.c (the CSV files): exact file contents
  * for known payloads, and every failure the sys.c fault table can make (ENOSPC, EIO, EMFILE, a file
  * replaced or rotated under the store, a torn tail left by a crash), each
- * followed by a pass that must succeed.  Every test ends with the
- * descriptor ledger balanced.
+ * followed by a pass that must succeed; with rotate, the segments handed
+ * to ready/ (names, SEQ across restarts, crash repair, a handoff that
+ * fails, reopen, a reload that turns rotate on or off).  Every test ends
+ * with the descriptor ledger balanced.
  *
  * Owns: the store (static: its buffers are 256 KiB) and the directories
  * under test_tmpdir, removed at the end of each test.
@@ -54,30 +56,14 @@ static void begin(const char *tag)
     fault("");
 }
 
-/* Removes dir and what the tests put in it (files and empty directories). */
+/* Removes dir and everything the tests put in it. */
 static void end(void)
 {
     sys_ledger now = sys_ledger_get();
-    DIR *d;
-    struct dirent *e;
-    char path[DIR_SIZE + 64];
 
     fault("");
     CHECK_EQ(now.opened - ledger_start.opened, now.closed - ledger_start.closed);
-    d = opendir(dir);
-    if (d == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >=
-            (int)sizeof path)
-            continue;
-        if (unlink(path) != 0)
-            rmdir(path);
-    }
-    closedir(d);
-    rmdir(dir);
+    test_remove_tree(dir);
 }
 
 /* dir/name; two buffers in turn, so that rename(path_of(a), path_of(b))
@@ -114,10 +100,18 @@ static void check_str_eq(const char *a, const char *b, const char *file,
         fprintf(stderr, "--- got:\n%.2000s--- want:\n%.2000s---\n", a, b);
 }
 
+static int store_open_at(const char *data_dir, int sync_packet,
+                         unsigned rotate_s, char *err, size_t errlen)
+{
+    store_config c = { data_dir, "FEP00001", sync_packet, rotate_s };
+
+    return store_open(&st_store, &c, err, errlen);
+}
+
 static int store_open_here(int sync_packet)
 {
     char err[512];
-    int rc = store_open(&st_store, dir, sync_packet, err, sizeof err);
+    int rc = store_open_at(dir, sync_packet, 0, err, sizeof err);
 
     if (rc != 0)
         fprintf(stderr, "store_open: %s\n", err);
@@ -595,16 +589,16 @@ static void test_store_open_errors(void)
     CHECK(store_open_here(1) == 0);         /* creates the four files */
     store_close(&st_store);
     fault("open:2:EMFILE");
-    CHECK(store_open(&st_store, dir, 1, err, sizeof err) == -1);
+    CHECK(store_open_at(dir, 1, 0, err, sizeof err) == -1);
     CHECK(strstr(err, "/dcu_status.csv: ") != NULL);
     CHECK(st_store.out[STORE_LP].fd == -1);
     fault("");
     CHECK(test_write_file(path_of("file"), "") == 0);
-    CHECK(store_open(&st_store, path_of("file"), 1, err, sizeof err) == -1);
+    CHECK(store_open_at(path_of("file"), 1, 0, err, sizeof err) == -1);
     CHECK(strstr(err, "/file") != NULL);
     CHECK(unlink(path_of("lp.csv")) == 0);
     CHECK(mkdir(path_of("lp.csv"), 0755) == 0);
-    CHECK(store_open(&st_store, dir, 1, err, sizeof err) == -1);
+    CHECK(store_open_at(dir, 1, 0, err, sizeof err) == -1);
     CHECK(strstr(err, "/lp.csv: ") != NULL);
     end();
 }
@@ -681,6 +675,363 @@ static void test_store_bad_arguments(void)
     end();
 }
 
+/* ------------------------------------------------------------------------
+ * store.c with rotate: segments handed off to ready/
+ * ---------------------------------------------------------------------- */
+
+#define ROTATE_S 60
+#define READY_MAX 16
+#define READY_NAME_SIZE 128
+/* The time in a segment's name: received_at of its first row (add_k's). */
+#define K_TIME "20260101T000140Z"
+
+static char ready[READY_MAX][READY_NAME_SIZE];
+static int64_t seg_clock;               /* the wall clock given to store_rotate */
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The names in dir/ready, sorted, into ready[]; how many, -1 when the
+ * directory cannot be read. */
+static int ready_list(void)
+{
+    DIR *d = opendir(path_of("ready"));
+    struct dirent *e;
+    int n = 0;
+
+    if (!d)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || n == READY_MAX ||
+            strlen(e->d_name) >= READY_NAME_SIZE)
+            continue;
+        strcpy(ready[n++], e->d_name);
+    }
+    closedir(d);
+    qsort(ready, (size_t)n, sizeof ready[0], name_cmp);
+    return n;
+}
+
+/* ready/name's text. */
+static const char *ready_text(const char *name)
+{
+    char rel[READY_NAME_SIZE + 8];
+
+    snprintf(rel, sizeof rel, "ready/%s", name);
+    return file_text(rel);
+}
+
+static int exists(const char *name)
+{
+    return access(path_of(name), F_OK) == 0;
+}
+
+/* The next multiple of ROTATE_S on the test's clock: a boundary. */
+static void boundary(void)
+{
+    seg_clock += ROTATE_S;
+    store_rotate(&st_store, seg_clock);
+}
+
+/* The store with rotate ROTATE_S and the given fep_id; the test's clock
+ * starts far from the real one, at a boundary (where empty segments stay). */
+static int store_open_segments_as(const char *fep_id)
+{
+    store_config c = { dir, fep_id, 1, ROTATE_S };
+    char err[512];
+    int rc = store_open(&st_store, &c, err, sizeof err);
+
+    if (rc != 0)
+        fprintf(stderr, "store_open: %s\n", err);
+    seg_clock = (sys_wall_s() / ROTATE_S + 1000) * ROTATE_S;
+    store_rotate(&st_store, seg_clock);
+    return rc;
+}
+
+static int store_open_segments(void)
+{
+    return store_open_segments_as("FEP00001");
+}
+
+/* Segments in data_dir as KIND.csv.open; at a boundary the one with rows
+ * goes to ready/ under its name, the empty ones stay; at close, the rest. */
+static void test_store_segments(void)
+{
+    begin("seg-basic");
+    CHECK(store_open_segments() == 0);
+    CHECK(!exists("lp.csv"));
+    CHECK_FILE("lp.csv.open", lp_header);
+    CHECK_FILE("meter_change.csv.open", meter_change_header);
+    CHECK_EQ(ready_list(), 0);
+    CHECK_EQ(add_k(2, 0), 2);
+    CHECK(store_commit(&st_store) == 0);
+    store_rotate(&st_store, seg_clock + ROTATE_S - 1);  /* same period */
+    CHECK_EQ(ready_list(), 0);
+    boundary();
+    CHECK_EQ(ready_list(), 1);
+    CHECK_STR_EQ(ready[0], "lp-FEP00001-" K_TIME "-000001.csv");
+    want_k(2, 0, 0);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    CHECK_FILE("lp.csv.open", lp_header);
+    CHECK_FILE("dcu_status.csv.open", dcu_status_header);
+    CHECK_FILE("ready.seq", "1001\n");
+    CHECK_EQ(st_store.segments_ready, 1);
+    boundary();                             /* nothing to hand off */
+    CHECK_EQ(ready_list(), 1);
+
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK_EQ(add_status(7), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 3);
+    CHECK_STR_EQ(ready[0], "dcu_status-FEP00001-19700101T000009Z-000003.csv");
+    CHECK_STR_EQ(ready[1], "lp-FEP00001-" K_TIME "-000001.csv");
+    CHECK_STR_EQ(ready[2], "lp-FEP00001-" K_TIME "-000002.csv");
+    snprintf(want, sizeof want, "%sDCU00003,0,7,0,0,0,9\n", dcu_status_header);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    want_k(1, 1, 1);
+    CHECK_STR_EQ(ready_text(ready[2]), want);
+    CHECK(!exists("lp.csv.open") && !exists("dcu_status.csv.open") &&
+          !exists("meter_status.csv.open") && !exists("meter_change.csv.open"));
+    CHECK(!exists("lp.csv"));
+    end();
+}
+
+/* A boundary passed while a pass holds rows waits for the commit: a
+ * packet's rows are never split between two segments. */
+static void test_store_segments_between_passes(void)
+{
+    begin("seg-pass");
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(add_k(3, 0), 3);
+    boundary();
+    CHECK_EQ(ready_list(), 0);
+    CHECK(store_commit(&st_store) == 0);
+    store_rotate(&st_store, seg_clock);
+    CHECK_EQ(ready_list(), 1);
+    want_k(3, 0, 0);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    store_close(&st_store);
+    end();
+}
+
+/* SEQ never repeats: not after a restart, not when a loader has emptied
+ * ready/, not for two segments of the same second. */
+static void test_store_segments_seq(void)
+{
+    char first[READY_NAME_SIZE];
+
+    begin("seg-seq");
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    strcpy(first, ready[0]);
+    CHECK_STR_EQ(first, "lp-FEP00001-" K_TIME "-000001.csv");
+    CHECK(unlink(path_of("ready/lp-FEP00001-" K_TIME "-000001.csv")) == 0);
+
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    CHECK_STR_EQ(ready[0], "lp-FEP00001-" K_TIME "-001001.csv");
+    CHECK_FILE("ready.seq", "2001\n");
+
+    CHECK(store_open_segments() == 0);      /* no rows: no SEQ reserved */
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    CHECK_FILE("ready.seq", "2001\n");
+
+    CHECK(test_write_file(path_of("ready.seq"), "12x\n") == 0);
+    {
+        store_config c = { dir, "FEP00001", 1, ROTATE_S };
+        char err[512];
+
+        CHECK(store_open(&st_store, &c, err, sizeof err) == -1);
+        CHECK(strstr(err, "/ready.seq: ") != NULL);
+    }
+    end();
+}
+
+/* What a crash leaves in a segment is cut, and what is whole is handed off
+ * at once, under the name it would have had. */
+static void test_store_segments_crash(void)
+{
+    char row[CSV_ROW_MAX];
+
+    begin("seg-crash");
+    k_row(row, sizeof row, 0, "MTR000000001", 7, 0);
+    snprintf(want, sizeof want, "%s%sDCU00001,MTR0000", lp_header, row);
+    CHECK(test_write_file(path_of("lp.csv.open"), want) == 0);
+    CHECK(test_write_file(path_of("dcu_status.csv.open"), "") == 0);
+    CHECK(test_write_file(path_of("meter_status.csv.open"),
+                          meter_status_header) == 0);
+    snprintf(want, sizeof want, "%sDCU0", meter_change_header);
+    CHECK(test_write_file(path_of("meter_change.csv.open"), want) == 0);
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(ready_list(), 1);
+    CHECK_STR_EQ(ready[0], "lp-FEP00001-" K_TIME "-000001.csv");
+    want_k(1, 0, 0);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    CHECK_FILE("lp.csv.open", lp_header);
+    CHECK_FILE("dcu_status.csv.open", dcu_status_header);
+    CHECK_FILE("meter_change.csv.open", meter_change_header);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    CHECK(!exists("lp.csv.open") && !exists("meter_change.csv.open"));
+    end();
+}
+
+/* A full disk or an I/O error at the switch: the segment stays open under
+ * its name, takes more rows, and the next boundary hands it off, whole. */
+static void test_store_segments_handoff_fails(void)
+{
+    static const char *const faults[] = {
+        "fsync:1:EIO",                      /* the segment's fsync */
+        "fwrite:1:ENOSPC",                  /* the SEQ reservation */
+        "rename:1:ENOSPC",                  /* the SEQ reservation's rename */
+    };
+    unsigned i;
+
+    begin("seg-fail");
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    for (i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        fault(faults[i]);
+        boundary();
+        fault("");
+        CHECK_EQ(ready_list(), 0);
+        CHECK(!exists("ready.seq"));
+        CHECK_EQ(add_k(1, (uint16_t)(i + 1)), 1);
+        CHECK(store_commit(&st_store) == 0);
+    }
+    fault("rename:2:ENOSPC");               /* the segment's own rename */
+    boundary();
+    fault("");
+    CHECK_EQ(ready_list(), 0);
+    CHECK_FILE("ready.seq", "1001\n");
+    want_k(1, 0, 3);
+    CHECK_FILE("lp.csv.open", want);
+    CHECK_EQ(add_k(1, 4), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK_EQ(st_store.segments_ready, 0);
+    boundary();
+    CHECK_EQ(ready_list(), 1);
+    CHECK_STR_EQ(ready[0], "lp-FEP00001-" K_TIME "-000001.csv");
+    want_k(1, 0, 4);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    CHECK_FILE("lp.csv.open", lp_header);
+    CHECK_EQ(st_store.segments_ready, 1);
+
+    /* A directory fsync that fails after the rename is tried again. */
+    CHECK_EQ(add_k(1, 5), 1);
+    CHECK(store_commit(&st_store) == 0);
+    fault("fsync:2:EIO");                   /* 1 the segment, 2 ready/ */
+    boundary();
+    fault("");
+    CHECK_EQ(ready_list(), 2);
+    CHECK_EQ(st_store.dirs_unsynced, 1);
+    boundary();
+    CHECK_EQ(st_store.dirs_unsynced, 0);
+    store_close(&st_store);
+    end();
+}
+
+/* SIGHUP reopens the open segment; a segment renamed away is the
+ * renamer's, and a new one starts. */
+static void test_store_segments_reopen(void)
+{
+    begin("seg-reopen");
+    CHECK(store_open_segments() == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_reopen(&st_store);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    boundary();
+    CHECK_EQ(ready_list(), 1);
+    want_k(1, 0, 1);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    CHECK_EQ(add_k(1, 2), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(rename(path_of("lp.csv.open"), path_of("elsewhere.csv")) == 0);
+    store_reopen(&st_store);
+    CHECK_FILE("lp.csv.open", lp_header);
+    boundary();
+    CHECK_EQ(ready_list(), 1);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    want_k(1, 2, 2);
+    CHECK_FILE("elsewhere.csv", want);
+    end();
+}
+
+/* A reload that turns rotate on or off: the four files are left as they
+ * are, the segments are handed off. */
+static void test_store_segments_set_rotate(void)
+{
+    begin("seg-set");
+    CHECK(store_open_here(1) == 0);
+    CHECK(!exists("ready"));
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    seg_clock = (sys_wall_s() / ROTATE_S + 1000) * ROTATE_S;
+    CHECK(store_set_rotate(&st_store, ROTATE_S, seg_clock) == 0);
+    CHECK_FILE("lp.csv.open", lp_header);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK_EQ(add_k(1, 2), 1);               /* not between passes: refused */
+    CHECK(store_set_rotate(&st_store, 0, seg_clock) == -1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(store_set_rotate(&st_store, 2 * ROTATE_S, seg_clock) == 0);
+    CHECK_EQ(ready_list(), 0);
+    CHECK(store_set_rotate(&st_store, 0, seg_clock) == 0);
+    CHECK_EQ(ready_list(), 1);
+    want_k(1, 1, 2);
+    CHECK_STR_EQ(ready_text(ready[0]), want);
+    CHECK(!exists("lp.csv.open") && !exists("dcu_status.csv.open"));
+    CHECK_EQ(add_k(1, 3), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    snprintf(want, sizeof want, "%s", lp_header);
+    k_row(want + strlen(want), sizeof want - strlen(want), 0, "MTR000000001", 7, 0);
+    k_row(want + strlen(want), sizeof want - strlen(want), 0, "MTR000000001", 7, 3);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
+/* fep_id in a name: '-' only separates, '/' never makes a path. */
+static void test_store_segments_names(void)
+{
+    begin("seg-names");
+    CHECK(store_open_segments_as("F-1/%a.b") == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    CHECK_EQ(ready_list(), 1);
+    CHECK_STR_EQ(ready[0], "lp-F%2D1%2F%25a.b-" K_TIME "-000001.csv");
+    end();
+}
+
+/* Without rotate, a segment an earlier run left is not touched. */
+static void test_store_segments_left(void)
+{
+    begin("seg-left");
+    snprintf(want, sizeof want, "%sDCU0", lp_header);
+    CHECK(test_write_file(path_of("lp.csv.open"), want) == 0);
+    CHECK(store_open_here(1) == 0);
+    store_close(&st_store);
+    CHECK_FILE("lp.csv.open", want);
+    CHECK(!exists("ready"));
+    end();
+}
+
 void test_store_suite(void)
 {
     test_run("store_rows_exact", test_store_rows_exact);
@@ -704,4 +1055,13 @@ void test_store_suite(void)
     test_run("store_close_drops", test_store_close_drops);
     test_run("store_sync_none", test_store_sync_none);
     test_run("store_bad_arguments", test_store_bad_arguments);
+    test_run("store_segments", test_store_segments);
+    test_run("store_segments_between_passes", test_store_segments_between_passes);
+    test_run("store_segments_seq", test_store_segments_seq);
+    test_run("store_segments_crash", test_store_segments_crash);
+    test_run("store_segments_handoff_fails", test_store_segments_handoff_fails);
+    test_run("store_segments_reopen", test_store_segments_reopen);
+    test_run("store_segments_set_rotate", test_store_segments_set_rotate);
+    test_run("store_segments_names", test_store_segments_names);
+    test_run("store_segments_left", test_store_segments_left);
 }
