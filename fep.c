@@ -1281,7 +1281,7 @@ static void usage(FILE *out)
           "             lost or damaged: every keyed DCU needs a new key first\n"
           "  -v         more logging: every frame in hex\n"
           "  -q         errors only\n"
-          "  -h         this help\n"
+          "  -h, --help this help\n"
           "  -V, --version  print the version and exit\n"
           "exit: 0 ok, 1 --once with a failed cycle, 2 usage or config, "
           "3 start-up failure\n"
