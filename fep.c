@@ -574,6 +574,7 @@ static void commit_pass(fepd *d, int64_t now)
             return;
         }
         ok = commit_durable(d);
+        d->stats.commit_passes++;
         for (i = 0; i < d->n_slots; i++) {
             session *s = &d->slots[i];
             if (s->state != SLOT_STORING)
@@ -707,7 +708,8 @@ static void log_stats(const fepd *d)
             "push_ok=%llu push_error=%llu frames_received=%llu "
             "frames_sent=%llu records_stored=%llu garbage_bytes=%llu "
             "timeouts=%llu slots_in_use=%u slots_acquired=%llu "
-            "slots_released=%llu descriptors_open=%llu static_memory_bytes=%zu",
+            "slots_released=%llu descriptors_open=%llu static_memory_bytes=%zu "
+            "commit_passes=%llu state_syncs=%llu",
             d->sessions_active,
             (unsigned long long)d->stats.sessions_total[KIND_POLL][0],
             (unsigned long long)d->stats.sessions_total[KIND_POLL][1],
@@ -720,7 +722,9 @@ static void log_stats(const fepd *d)
             (unsigned long long)d->stats.timeouts, d->slots_in_use,
             (unsigned long long)d->stats.slots_acquired,
             (unsigned long long)d->stats.slots_released,
-            (unsigned long long)(l.opened - l.closed), d->static_memory_bytes);
+            (unsigned long long)(l.opened - l.closed), d->static_memory_bytes,
+            (unsigned long long)d->stats.commit_passes,
+            (unsigned long long)d->state.syncs);
 }
 
 /* ------------------------------------------------------------------------
@@ -1234,6 +1238,8 @@ static void finish(fepd *d)
     store_close(&d->store);
     if (d->state.dcus && state_save(&d->state, &d->cfg) != 0)
         log_msg(LOG_ERROR, "state not saved; see above");
+    if (d->state.dcus)
+        log_stats(d);                   /* the run's figures, for the record */
     daemon_exit(d);
     l = sys_ledger_get();
     log_msg(l.opened == l.closed && d->stats.slots_acquired ==

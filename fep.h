@@ -752,6 +752,7 @@ typedef struct fep_state {
     uint64_t reservations;              /* tx lines in the journal since it */
     int dirty;                          /* something changed since the last save */
     int marks_raised;                   /* a mark rose: save before the pass's ACKs */
+    uint64_t syncs;                     /* journal appends and snapshots written */
     unsigned *marks_changed;            /* marks raised since the last save */
     unsigned n_marks_changed;
     uint8_t *mark_listed;               /* per mark: in marks_changed */
@@ -901,6 +902,7 @@ typedef struct fep_stats {
     uint64_t timeouts;
     uint64_t busy_rejected;             /* connections closed with no slot at all */
     uint64_t reloads[2];                /* SIGHUP: [0 ok, 1 error] */
+    uint64_t commit_passes;             /* group commits of a pass's packets */
 } fep_stats;
 
 /* Everything fepd owns, in one place; allocated once in fep.c. */

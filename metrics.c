@@ -53,6 +53,8 @@ enum metric {
     M_DCUS_CONFIGURED,
     M_DCUS_CAPACITY,
     M_CONFIG_RELOADS,
+    M_COMMIT_PASSES,
+    M_STATE_SYNCS,
     M_DCU_LAST_SUCCESS,
     M_BUILD_INFO,
     M_SEGMENTS_READY,
@@ -91,6 +93,10 @@ static const struct family {
       "DCUs the table holds (max_dcus): a reload may add up to it." },
     { "fep_config_reloads_total", "counter",
       "Reloads of the config file (SIGHUP), by result." },
+    { "fep_commit_passes_total", "counter",
+      "Loop passes whose packets were committed together." },
+    { "fep_state_syncs_total", "counter",
+      "Writes of the state file or journal, each with its fsync." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
     { "fep_build_info", "gauge", "Always 1; the version is in its label." },
@@ -166,6 +172,8 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_DCUS_CONFIGURED: return d->cfg.n_live;
     case M_DCUS_CAPACITY: return d->cfg.dcus_cap;
     case M_CONFIG_RELOADS: return st->reloads[i];
+    case M_COMMIT_PASSES: return st->commit_passes;
+    case M_STATE_SYNCS: return d->state.syncs;
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
     case M_BUILD_INFO: return 1;
     case M_SEGMENTS_READY: return d->store.segments_ready;

@@ -611,6 +611,7 @@ static int journal_commit(writer *w, const char **what)
     /* Durable from here; a close error cannot undo that. */
     sys_close(w->fd);
     st->journal_size += w->total;
+    st->syncs++;
     return 0;
 }
 
@@ -703,6 +704,7 @@ static int state_compact(fep_state *st, const char **what, const char **where)
         goto fail;
     sys_close(fd);
     st->journal_size = (off_t)header_len;
+    st->syncs++;
     witness_write(st);
     return 0;
 fail:
