@@ -38,6 +38,7 @@
 #define LINGER_MS_MAX 1000              /* waiting for the peer's close */
 #define SELECT_WAIT_MS_MAX 250          /* how late a signal may be noticed */
 #define METRICS_PASS_BYTES (256 * 1024) /* a metrics response, per loop pass */
+#define STATS_SAVE_MS 1000              /* statistics wait at most this to be saved */
 #define POLL_NEVER INT64_MAX
 
 static volatile sig_atomic_t signal_stop, signal_hup, signal_usr1;
@@ -683,6 +684,22 @@ static int64_t build_sets(fepd *d, fd_set *rfds, fd_set *wfds, int *maxfd)
     return nearest;
 }
 
+/* The statistics of ended sessions are saved at most every STATS_SAVE_MS
+ * (and at exit), in one journal append; replay marks never wait: they are
+ * saved in the pass that raised them, before its ACKs, and take pending
+ * statistics with them.  A crash loses at most that much of the counts. */
+static void save_statistics(fepd *d, int64_t now)
+{
+    if (!d->state.dirty || now < d->stats_save_due_ms)
+        return;
+    if (d->stats_save_due_ms == 0) {
+        d->stats_save_due_ms = now + STATS_SAVE_MS;    /* the first change */
+        return;
+    }
+    state_save(&d->state, &d->cfg);
+    d->stats_save_due_ms = 0;
+}
+
 static void begin_stop(fepd *d, int64_t now)
 {
     unsigned i;
@@ -924,6 +941,9 @@ static void run(fepd *d)
             return;
 
         nearest = build_sets(d, &rfds, &wfds, &maxfd);
+        if (d->state.dirty && d->stats_save_due_ms != 0 &&
+            d->stats_save_due_ms < nearest)
+            nearest = d->stats_save_due_ms;
         if (watchdog_tick(d, now) < nearest)
             nearest = d->watchdog_due_ms;
         wait_ms = nearest - now;
@@ -942,7 +962,6 @@ static void run(fepd *d)
         }
         now = sys_now_ms();
         d->closed_this_pass = 0;
-        d->ended_this_pass = 0;
         if (d->listen_fd >= 0 && FD_ISSET(d->listen_fd, &rfds))
             accept_on(d, d->listen_fd, 0, now);
         if (d->metrics_fd >= 0 && FD_ISSET(d->metrics_fd, &rfds))
@@ -959,8 +978,7 @@ static void run(fepd *d)
             check_deadlines(d, &d->slots[i], now);
             reap(d, &d->slots[i], now);
         }
-        if (d->ended_this_pass > 0 && d->state.dirty)
-            state_save(&d->state, &d->cfg);
+        save_statistics(d, now);
         if (d->closed_this_pass > 0 && d->poll_waiting)
             d->next_due_ms = now;
     }

@@ -923,7 +923,7 @@ typedef struct fepd {
     int poll_waiting;                   /* a due poll waits for a session to end */
     unsigned once_pending;              /* --once: poll cycles not yet finished */
     unsigned closed_this_pass;          /* sessions closed in this loop pass */
-    unsigned ended_this_pass;           /* sessions whose exchange ended in it */
+    int64_t stats_save_due_ms;          /* changed statistics are saved then; 0 none */
     int listen_fd;                      /* -1 when off */
     int metrics_fd;                     /* -1 when off */
     size_t static_memory_bytes;         /* everything allocated at start-up */

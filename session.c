@@ -538,7 +538,6 @@ void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result)
     int ok = result == FEP_OK;
 
     d->stats.sessions_total[kind][ok ? 0 : 1]++;
-    d->ended_this_pass++;
     if (d->once && kind == KIND_POLL && d->once_pending > 0)
         d->once_pending--;
     if (dcu >= 0) {
