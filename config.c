@@ -73,7 +73,6 @@ static int parse_rotate(const char *text, void *field, char *why,
 #define AT(member) offsetof(fep_config, member)
 #define SZ(member) sizeof(((fep_config *)0)->member)
 
-/* Every directive but dcu; the defaults are those of DESIGN.md section 2. */
 /* Every directive but dcu; the defaults are those of DESIGN.md section 2.
  * A reload may change the directives marked RELOADABLE; a file that
  * changes any other is refused as a whole (DESIGN.md section 3). */
@@ -340,30 +339,30 @@ static int parse_unsigned(const char *text, unsigned long max,
     return 0;
 }
 
-static int parse_sessions(const char *text, void *field, char *why,
-                          size_t whylen)
+/* A count 1..max into an unsigned field. */
+static int parse_count(const char *text, unsigned long max, void *field,
+                       char *why, size_t whylen)
 {
     unsigned long v;
 
-    if (parse_unsigned(text, SESSIONS_MAX, &v) != 0 || v < 1) {
-        snprintf(why, whylen, "must be 1..%d, got '%s'", SESSIONS_MAX, text);
+    if (parse_unsigned(text, max, &v) != 0 || v < 1) {
+        snprintf(why, whylen, "must be 1..%lu, got '%s'", max, text);
         return -1;
     }
     *(unsigned *)field = (unsigned)v;
     return 0;
 }
 
+static int parse_sessions(const char *text, void *field, char *why,
+                          size_t whylen)
+{
+    return parse_count(text, SESSIONS_MAX, field, why, whylen);
+}
+
 static int parse_max_dcus(const char *text, void *field, char *why,
                           size_t whylen)
 {
-    unsigned long v;
-
-    if (parse_unsigned(text, DCUS_MAX, &v) != 0 || v < 1) {
-        snprintf(why, whylen, "must be 1..%d, got '%s'", DCUS_MAX, text);
-        return -1;
-    }
-    *(unsigned *)field = (unsigned)v;
-    return 0;
+    return parse_count(text, DCUS_MAX, field, why, whylen);
 }
 
 /* "S" or "S.F" with 1..3 digits of F: whole milliseconds, nothing rounded. */
@@ -406,17 +405,10 @@ static int parse_duration(const char *text, void *field, char *why,
 }
 
 /* Whole seconds: a segment boundary is a multiple of them on the clock. */
+/* Whole seconds: a segment's name holds its start to the second. */
 static int parse_rotate(const char *text, void *field, char *why, size_t whylen)
 {
-    unsigned long v;
-
-    if (parse_unsigned(text, DURATION_MAX_S, &v) != 0 || v < 1) {
-        snprintf(why, whylen, "must be whole seconds, 1..%d, got '%s'",
-                 DURATION_MAX_S, text);
-        return -1;
-    }
-    *(unsigned *)field = (unsigned)v;
-    return 0;
+    return parse_count(text, DURATION_MAX_S, field, why, whylen);
 }
 
 static int parse_sync(const char *text, void *field, char *why, size_t whylen)
