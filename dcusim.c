@@ -28,8 +28,10 @@
  * and is taken by conn_open and given back by conn_release only.  A slot
  * that must go is marked CLOSING and released at the end of the loop pass,
  * so that no handler releases what another still looks at.  Every wait is
- * the slot's one deadline; while a fault dribbles a frame, the slot also has
- * the time of its next byte; select() sleeps until the nearest of them.
+ * the slot's one deadline; while a frame in SEND is held back (--latency: a
+ * WAN between the DCUs and the FEP) or a fault dribbles it, the slot also
+ * has the time before which it writes nothing; select() sleeps until the
+ * nearest of them.
  *
  * Nothing that goes out is stored: records, meter items and status are a
  * pure function of (DCU, index, clock), so a packet is encoded again, with a
@@ -76,6 +78,7 @@
 #define SIM_FW_VERSION 0x0102
 #define SIM_INTERVAL_S 900
 #define SIM_NOREAD_RCVBUF 256           /* bytes: the FEP's writes stall */
+#define SIM_LATENCY_MAX_MS 60000u       /* --latency MS and JITTER, each */
 
 FEP_STATIC_ASSERT(SIM_LISTEN_MAX + 3 + 3 + 8 <= SIM_FD_RESERVED,
                   reserved_fds_cover_listeners_and_files);
@@ -187,6 +190,7 @@ struct sim_opts {
     unsigned n_faults;
     struct fault_spec faults[SIM_FAULTS_MAX];
     uint64_t seed;
+    uint32_t latency_ms, jitter_ms;     /* a DCU's frame waits MS + 0..JITTER */
     int64_t timeout_ms;
     uint32_t ic_start;
     const char *generated_csv, *acked_csv, *config_out;
@@ -253,7 +257,8 @@ struct conn {
     enum conn_kind kind;
     int fd;
     int64_t deadline_ms;                /* end of the current wait */
-    int64_t next_byte_ms;               /* while dribbling: not before */
+    int64_t not_before_ms;              /* SEND: no write before (latency,
+                                           then each dribbled byte) */
     int32_t dcu;                        /* DCU spoken for; -1 none yet */
     int32_t key_dcu;                    /* DCU whose key is in gk; -1 none */
     uint8_t bound;                      /* holds dcu: dcus[dcu].slot is this */
@@ -601,17 +606,25 @@ static void conn_release(struct conn *c)
     sim.free_slots[sim.n_free++] = (int32_t)(c - sim.conns);
 }
 
-static void conn_close(struct conn *c, const char *why)
+/* The DCU a connection speaks for, as text for the log: "-" when none. */
+static void conn_id_str(const struct conn *c, char id[FRAME_ID_SIZE + 1])
 {
-    char id[FRAME_ID_SIZE + 1] = "-";
     uint8_t sid[FRAME_ID_SIZE];
 
-    if (c->state == CONN_CLOSING || c->state == CONN_FREE)
-        return;
+    strcpy(id, "-");
     if (c->dcu >= 0) {
         dcu_sid(c->dcu, sid);
         frame_id_str(sid, id);
     }
+}
+
+static void conn_close(struct conn *c, const char *why)
+{
+    char id[FRAME_ID_SIZE + 1];
+
+    if (c->state == CONN_CLOSING || c->state == CONN_FREE)
+        return;
+    conn_id_str(c, id);
     log_msg(LOG_DEBUG, "%s %s: closing: %s",
             c->kind == CONN_PUSH ? "push" : "poll", id, why);
     c->state = CONN_CLOSING;
@@ -720,15 +733,38 @@ static long tx_encode(struct conn *c, const frame_hdr *h,
 
 static void conn_on_writable(struct conn *c);
 
-/* tx is ready: write it, then go to `after`. */
+/*
+ * When the transmission just built in tx may start: now, plus --latency and
+ * a jitter drawn from the seeded PRNG (drawn only when JITTER > 0, so that
+ * without it the PRNG's other uses see the same sequence as ever).  Frames
+ * of one connection keep their order: a frame is never due before the one
+ * ahead of it, whose time not_before_ms still holds.  (Under stop-and-wait
+ * that one has been written by now, so its time is already past.)
+ */
+static int64_t tx_due_ms(const struct conn *c)
+{
+    int64_t due = sim.now_ms + sim.o.latency_ms;
+    char id[FRAME_ID_SIZE + 1];
+
+    if (sim.o.jitter_ms > 0)
+        due += (int64_t)(prng_next() % (sim.o.jitter_ms + 1u));
+    if (due > sim.now_ms) {
+        conn_id_str(c, id);
+        log_msg(LOG_DEBUG, "%s: MSN %u held %lld ms (latency)", id,
+                (unsigned)(uint16_t)(c->msn - 1), (long long)(due - sim.now_ms));
+    }
+    return due > c->not_before_ms ? due : c->not_before_ms;
+}
+
+/* tx is ready: write it, once it is due, then go to `after`. */
 static void conn_send(struct conn *c, enum conn_state after)
 {
     if (!c->cut)
         c->tx_end = c->tx_len;
     c->state = CONN_SEND;
     c->after_send = after;
-    c->deadline_ms = sim.now_ms + sim.o.timeout_ms;
-    c->next_byte_ms = sim.now_ms;
+    c->not_before_ms = tx_due_ms(c);
+    c->deadline_ms = c->not_before_ms + sim.o.timeout_ms;
     conn_on_writable(c);
 }
 
@@ -1235,11 +1271,10 @@ static void conn_on_writable(struct conn *c)
     size_t n = c->tx_end - c->tx_off;
     ssize_t r;
 
-    if (conn_dribbling(c)) {
-        if (sim.now_ms < c->next_byte_ms)
-            return;
+    if (sim.now_ms < c->not_before_ms)
+        return;
+    if (conn_dribbling(c))
         n = n > 0 ? 1 : 0;
-    }
     if (n > 0) {
         r = sys_write(c->fd, c->tx + c->tx_off, n);
         if (r == SYS_ERROR) {
@@ -1249,8 +1284,10 @@ static void conn_on_writable(struct conn *c)
         if (r <= 0)
             return;
         c->tx_off += (size_t)r;
-        c->next_byte_ms = sim.now_ms + c->fx.arg[FM_DRIBBLE];
-        c->deadline_ms = (conn_dribbling(c) ? c->next_byte_ms : sim.now_ms) +
+        if (conn_dribbling(c) && c->tx_off < c->tx_end)
+            c->not_before_ms = sim.now_ms + c->fx.arg[FM_DRIBBLE];
+        c->deadline_ms = (c->not_before_ms > sim.now_ms ? c->not_before_ms
+                                                         : sim.now_ms) +
                          sim.o.timeout_ms;
     }
     if (c->tx_off == c->tx_end)
@@ -1414,8 +1451,7 @@ static int conn_wants_write(const struct conn *c)
 {
     if (c->state == CONN_CONNECTING)
         return 1;
-    return c->state == CONN_SEND &&
-           (!conn_dribbling(c) || sim.now_ms >= c->next_byte_ms);
+    return c->state == CONN_SEND && sim.now_ms >= c->not_before_ms;
 }
 
 static int64_t earliest(int64_t a, int64_t b)
@@ -1449,8 +1485,8 @@ static int loop_prepare(fd_set *rd, fd_set *wr, int64_t *wake_ms)
         if (c->state == CONN_FREE)
             continue;
         *wake_ms = earliest(*wake_ms, c->deadline_ms);
-        if (c->state == CONN_SEND && conn_dribbling(c))
-            *wake_ms = earliest(*wake_ms, c->next_byte_ms);
+        if (c->state == CONN_SEND && c->not_before_ms > sim.now_ms)
+            *wake_ms = earliest(*wake_ms, c->not_before_ms);
         if (conn_wants_read(c))
             FD_SET(c->fd, rd);
         if (conn_wants_write(c))
@@ -1597,7 +1633,14 @@ static void usage(void)
 "  --fault SPEC           inject a fault (repeatable); SPEC = MODE[:ARG][@TARGET]\n"
 "                         TARGET = DCU numbers and ranges \"3,7-9\" or \"PCT%\" of\n"
 "                         sessions (drawn with --seed); default: every DCU\n"
-"  --seed N               PRNG seed for % targets and garbage (default 1)\n"
+"  --seed N               PRNG seed for % targets, garbage bytes and --latency\n"
+"                         jitter (default 1)\n"
+"  --latency MS[:JITTER]  a WAN: each frame a DCU sends (packets and NACKs, a\n"
+"                         push's first packet included) waits MS ms plus\n"
+"                         0..JITTER ms drawn with --seed, then goes out, in\n"
+"                         order; frames from the FEP are not delayed, so each\n"
+"                         round trip gains MS..MS+JITTER ms (each 0..60000;\n"
+"                         default 0)\n"
 "  --timeout S            seconds to wait for the FEP's next frame or ACK, for a\n"
 "                         connect and for a stalled write (default 10; decimals)\n"
 "  --ic-start N           first IC of every key (default 1)\n"
@@ -1621,11 +1664,20 @@ static void usage(void)
 "[acked, acked + records); ACKed packets move `acked` (at-least-once).\n"
 "\n"
 "Faults (MODE[:ARG]):\n";
+    static const char conns[] =
+"\n"
+"Connections: one process holds at most %u at once, FD_SETSIZE (%d) less %d\n"
+"reserved descriptors, or fewer when RLIMIT_NOFILE is lower (the start-up\n"
+"line says how many); a poll connection beyond them is closed at once, a push\n"
+"waits for a free one.  A connection moves one packet per round trip, so with\n"
+"--latency MS one process moves at most about %u x 1000 / MS packets a second.\n"
+"For more, run several processes side by side, each with its own --first and\n"
+"--dcus range (and, for polls, its own --listen address).\n";
     static const char tail[] =
 "\n"
 "Report (stderr, at exit and on SIGUSR1): one line \"dcusim: key=value ...\".\n"
 "Exit: 0 after a clean stop, 2 bad usage, 3 cannot listen/connect/open at start.\n";
-    char line[512];
+    char line[1024];
     int i, n;
 
     sys_write_all(1, text, strlen(text));
@@ -1641,6 +1693,10 @@ static void usage(void)
         sys_write_all(1, line, (size_t)n < sizeof line ? (size_t)n
                                                        : sizeof line - 1);
     }
+    n = snprintf(line, sizeof line, conns, (unsigned)SIM_SLOTS_MAX,
+                 (int)FD_SETSIZE, SIM_FD_RESERVED, (unsigned)SIM_SLOTS_MAX);
+    sys_write_all(1, line, (size_t)n < sizeof line ? (size_t)n
+                                                   : sizeof line - 1);
     sys_write_all(1, tail, strlen(tail));
 }
 
@@ -1778,6 +1834,21 @@ static void fault_parse(const char *opt, const char *s, struct fault_spec *f)
     } else {
         target_parse(opt, at, f);
     }
+}
+
+/* "MS[:JITTER]" of --latency, each 0..SIM_LATENCY_MAX_MS. */
+static void latency_parse(const char *opt, const char *s, struct sim_opts *o)
+{
+    char text[32], *colon;
+
+    if (strlen(s) >= sizeof text)
+        usage_fail(opt, "'%s' is not MS[:JITTER]", s);
+    strcpy(text, s);
+    colon = strchr(text, ':');
+    if (colon)
+        *colon++ = '\0';
+    o->latency_ms = num_u32(opt, text, 0, SIM_LATENCY_MAX_MS);
+    o->jitter_ms = colon ? num_u32(opt, colon, 0, SIM_LATENCY_MAX_MS) : 0;
 }
 
 static void fep_id_parse(const char *opt, const char *s, struct sim_opts *o)
@@ -1937,6 +2008,8 @@ static void opts_parse(int argc, char **argv, struct sim_opts *o)
             fault_parse(name, v, &o->faults[o->n_faults++]);
         } else if (IS("--seed")) {
             o->seed = num_u32(name, VALUE(), 0, UINT32_MAX);
+        } else if (IS("--latency")) {
+            latency_parse(name, VALUE(), o);
         } else if (IS("--timeout")) {
             o->timeout_ms = num_ms(name, VALUE());
         } else if (IS("--ic-start")) {
@@ -2114,6 +2187,8 @@ static int tables_alloc(void)
 
 static int sim_init(void)
 {
+    unsigned long lat = sim.o.latency_ms, jit = sim.o.jitter_ms;
+    char latency[48];
     unsigned i;
 
     sim.generated.fd = sim.acked.fd = sim.config.fd = -1;
@@ -2129,10 +2204,14 @@ static int sim_init(void)
     dcus_init();
     if (listeners_open() != 0 || files_open() != 0)
         return -1;
+    if (jit)
+        snprintf(latency, sizeof latency, "%lu..%lu", lat, lat + jit);
+    else
+        snprintf(latency, sizeof latency, "%lu", lat);
     log_msg(LOG_INFO, "playing %lu DCUs (DCU%05lu..), %u listening, push %s, "
-            "%u slots", (unsigned long)sim.o.dcus, (unsigned long)sim.o.first,
-            sim.o.n_listen, sim.o.push_text ? sim.o.push_text : "off",
-            sim.n_conns);
+            "%u slots, latency %s ms", (unsigned long)sim.o.dcus,
+            (unsigned long)sim.o.first, sim.o.n_listen,
+            sim.o.push_text ? sim.o.push_text : "off", sim.n_conns, latency);
     return 0;
 }
 

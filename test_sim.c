@@ -9,9 +9,10 @@
  * report line dcusim prints at SIGTERM is parsed to check its counters.
  *
  * Owns: one dcusim process per test, always reaped through sim_finish
- * (test_wait kills it after its deadline), and the client's socket, closed
- * by fepc_close.  The tests use plain POSIX sockets, not sys.c, so that
- * FEP_FAULT (this binary is built with it) cannot touch the harness.
+ * (test_wait kills it after its deadline), the client's socket, closed by
+ * fepc_close, and the directories sim_prepare makes, removed by sim_test
+ * once the test is over.  The tests use plain POSIX sockets, not sys.c, so
+ * that FEP_FAULT (this binary is built with it) cannot touch the harness.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -47,11 +48,20 @@ struct simproc {
     char addr[64];
 };
 
+/* The directories sim_prepare made for the test that runs; sim_test
+ * removes them after it. */
+#define MADE_DIRS_MAX 8
+static char made_dirs[MADE_DIRS_MAX][256];
+static unsigned n_made_dirs;
+
 static void sim_prepare(struct simproc *p, const char *tag)
 {
     memset(p, 0, sizeof *p);
     p->pid = -1;
     CHECK(test_tmpdir(p->dir, sizeof p->dir, tag) == 0);
+    CHECK(n_made_dirs < MADE_DIRS_MAX);
+    if (n_made_dirs < MADE_DIRS_MAX)
+        strcpy(made_dirs[n_made_dirs++], p->dir);
     snprintf(p->log, sizeof p->log, "%s/dcusim.log", p->dir);
     p->port = test_free_port();
     snprintf(p->addr, sizeof p->addr, "127.0.0.1:%d", p->port);
@@ -1425,6 +1435,159 @@ static void test_sim_push_refused(void)
     }
 }
 
+/* ------------------------------------------------------------------------
+ * --latency: a WAN between the DCUs and the FEP
+ * ---------------------------------------------------------------------- */
+
+#define LATENCY_SLACK_MS 1500           /* what a loaded machine may add */
+
+/* Sends the poll's request (fsn 0) or the ACK of the packet before, then
+ * receives packet fsn of a K of DCU00001 (QSN 1) and returns how long it
+ * took to come, or -1. */
+static int64_t latency_step(struct fepc *c, uint16_t fsn)
+{
+    int64_t t0 = sys_now_ms();
+
+    CHECK((fsn == 0 ? fepc_k(c, 1, 0, 0) : fepc_ack(c)) == 0);
+    if (!fepc_recv_ok(c))
+        return -1;
+    return sys_now_ms() - t0;
+}
+
+/* With --latency 200, every packet of a poll waits 200 ms after the frame
+ * it answers, so n packets cost n round trips' worth of it, and little
+ * more. */
+static void test_sim_latency_round_trips(void)
+{
+    static const char *const args[] = {
+        "--records", "231", "--latency", "200", NULL    /* 3 x 77 */
+    };
+    struct simproc p;
+    struct fepc c;
+    int64_t t0 = 0, total = 0, gap;
+    uint16_t fsn;
+
+    sim_prepare(&p, "sim-latency");
+    if (sim_spawn(&p, args) == 0 && fepc_connect(&c, p.port, 1, 0) == 0) {
+        t0 = sys_now_ms();
+        for (fsn = 0; fsn < 3; fsn++) {
+            gap = latency_step(&c, fsn);
+            CHECK(gap >= 200);
+            check_header(&c, CMD_LP_RSP, 1, fsn, fsn == 2);
+            check_records(&c, 1, 77u * fsn, 77, 1);
+        }
+        total = sys_now_ms() - t0;
+        CHECK(fepc_ack(&c) == 0);
+        sim_settle(&p, "records_acked", 231);
+        fepc_close(&c);
+    }
+    CHECK(total >= 3 * 200);
+    CHECK(total < 3 * 200 + LATENCY_SLACK_MS);
+    CHECK_EQ(sim_finish(&p), 0);
+    CHECK_EQ(test_count_lines(p.log, "latency 200 ms"), 1);
+    CHECK_REPORT(&p, "records_acked", 231);
+    CHECK_REPORT(&p, "timeouts", 0);
+}
+
+/* The delays dcusim logged (-v) for DCU00001's frames MSN 0..n-1, in
+ * ms[]; -1 where none was logged. */
+static void latency_logged(const struct simproc *p, long long *ms, int n)
+{
+    static char text[1 << 16];
+    const char *s = text;
+    unsigned msn;
+    long long v;
+    int i;
+
+    for (i = 0; i < n; i++)
+        ms[i] = -1;
+    if (test_read_file(p->log, text, sizeof text) < 0)
+        return;
+    while ((s = strstr(s, "DCU00001: MSN ")) != NULL) {
+        s += strlen("DCU00001: MSN ");
+        if (sscanf(s, "%u held %lld ms", &msn, &v) == 2 && msn < (unsigned)n)
+            ms[msn] = v;
+    }
+}
+
+#define JITTER_PACKETS 5
+
+/* One poll of JITTER_PACKETS packets with --latency 20:200 and the seed:
+ * they come in order, each no sooner than its logged delay; the delays
+ * in ms[]. */
+static void latency_jitter_run(const char *seed, long long *ms)
+{
+    const char *const args[] = {
+        "--records", "385", "--latency", "20:200", "--seed", seed, "-v", NULL
+    };
+    struct simproc p;
+    struct fepc c;
+    int64_t gap[JITTER_PACKETS] = { -1, -1, -1, -1, -1 };
+    uint16_t fsn;
+
+    sim_prepare(&p, "sim-jitter");
+    if (sim_spawn(&p, args) == 0 && fepc_connect(&c, p.port, 1, 0) == 0) {
+        for (fsn = 0; fsn < JITTER_PACKETS; fsn++) {
+            gap[fsn] = latency_step(&c, fsn);
+            CHECK_EQ(c.f.fsn, fsn);
+            CHECK_EQ(c.f.msn, fsn);
+            check_records(&c, 1, 77u * fsn, 77, 1);
+        }
+        CHECK(fepc_ack(&c) == 0);
+        sim_settle(&p, "records_acked", 385);
+        fepc_close(&c);
+    }
+    CHECK_EQ(sim_finish(&p), 0);
+    CHECK_EQ(test_count_lines(p.log, "latency 20..220 ms"), 1);
+    latency_logged(&p, ms, JITTER_PACKETS);
+    for (fsn = 0; fsn < JITTER_PACKETS; fsn++) {
+        CHECK(ms[fsn] >= 20 && ms[fsn] <= 220);
+        CHECK(gap[fsn] >= ms[fsn]);
+        CHECK(gap[fsn] < ms[fsn] + LATENCY_SLACK_MS);
+    }
+}
+
+/* Jitter keeps a connection's frames in order, and --seed fixes it. */
+static void test_sim_latency_jitter(void)
+{
+    long long a[JITTER_PACKETS], b[JITTER_PACKETS], other[JITTER_PACKETS];
+
+    latency_jitter_run("7", a);
+    latency_jitter_run("7", b);
+    latency_jitter_run("8", other);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    CHECK(memcmp(a, other, sizeof a) != 0);
+}
+
+/* A push's first packet waits too: two packets take two delays. */
+static void test_sim_latency_push(void)
+{
+    struct simproc p;
+    uint32_t records = 0, n = 0;
+    int64_t t0 = sys_now_ms(), took = 0;
+    int lfd;
+
+    sim_prepare(&p, "sim-latpush");
+    lfd = listen_on(p.port);
+    CHECK(lfd >= 0);
+    if (lfd >= 0) {
+        const char *const args[] = {
+            "--push", p.addr, "--records", "100", "--latency", "250",
+            "--timeout", "2", NULL
+        };
+        if (sim_spawn_argv(&p, args, 0) == 0)
+            n = push_serve(lfd, &records);
+        took = sys_now_ms() - t0;
+        close(lfd);
+        CHECK_EQ(test_wait(p.pid, 5000), 0);
+        p.pid = -1;
+    }
+    CHECK_EQ(n, 1);
+    CHECK_EQ(records, 100);
+    CHECK(took >= 2 * 250);
+    CHECK(took < 2 * 250 + LATENCY_SLACK_MS);
+}
+
 static void test_sim_sigterm_report(void)
 {
     struct simproc p;
@@ -1466,6 +1629,11 @@ static void test_sim_bad_options(void)
         { "--records", "many" }, { "--key", "0011" }, { "--fault", "melt" },
         { "--fault", "crc:x" }, { "--push-cmds", "KX" }, { "--timeout", "-1" },
         { "--listen", "nowhere" }, { "--bogus", NULL }, { "--dcus", "0" },
+        { "--latency", "x" }, { "--latency", "-1" }, { "--latency", "" },
+        { "--latency", "200:" }, { "--latency", ":50" },
+        { "--latency", "200:x" }, { "--latency", "1:2:3" },
+        { "--latency", "60001" }, { "--latency", "0:60001" },
+        { "--latency", NULL },
     };
     struct simproc p;
     size_t i;
@@ -1492,38 +1660,52 @@ static void test_sim_bad_options(void)
     }
 }
 
+/* Runs a test, then removes the directories (logs, CSV files) it made. */
+static void sim_test(const char *name, void (*fn)(void))
+{
+    unsigned i;
+
+    test_run(name, fn);
+    for (i = 0; i < n_made_dirs; i++)
+        test_remove_tree(made_dirs[i]);
+    n_made_dirs = 0;
+}
+
 void test_sim_suite(void)
 {
-    test_run("sim_poll_plain", test_sim_poll_plain);
-    test_run("sim_poll_empty", test_sim_poll_empty);
-    test_run("sim_poll_keyed", test_sim_poll_keyed);
-    test_run("sim_status_meters", test_sim_status_meters);
-    test_run("sim_nack_crc_retransmits", test_sim_nack_crc_retransmits);
-    test_run("sim_unacked_poll_repeats", test_sim_unacked_poll_repeats);
-    test_run("sim_acked_csv", test_sim_acked_csv);
-    test_run("sim_replayed_fep_ic", test_sim_replayed_fep_ic);
-    test_run("sim_unknown_busy_security", test_sim_unknown_busy_security);
-    test_run("sim_same_key", test_sim_same_key);
-    test_run("sim_config_out", test_sim_config_out);
-    test_run("sim_listen_in_use", test_sim_listen_in_use);
-    test_run("sim_fault_targets", test_sim_fault_targets);
-    test_run("sim_fault_dribble", test_sim_fault_dribble);
-    test_run("sim_fault_slowloris", test_sim_fault_slowloris);
-    test_run("sim_fault_garbage", test_sim_fault_garbage);
-    test_run("sim_fault_crc", test_sim_fault_crc);
-    test_run("sim_fault_crc_always", test_sim_fault_crc_always);
-    test_run("sim_fault_badtag", test_sim_fault_badtag);
-    test_run("sim_fault_replay", test_sim_fault_replay);
-    test_run("sim_fault_skip_fsn", test_sim_fault_skip_fsn);
-    test_run("sim_fault_dup_fsn", test_sim_fault_dup_fsn);
-    test_run("sim_fault_oversize", test_sim_fault_oversize);
-    test_run("sim_fault_silent", test_sim_fault_silent);
-    test_run("sim_fault_nack", test_sim_fault_nack);
-    test_run("sim_fault_plaintext", test_sim_fault_plaintext);
-    test_run("sim_fault_noread", test_sim_fault_noread);
-    test_run("sim_fault_cut", test_sim_fault_cut);
-    test_run("sim_push", test_sim_push);
-    test_run("sim_push_refused", test_sim_push_refused);
-    test_run("sim_sigterm_report", test_sim_sigterm_report);
-    test_run("sim_bad_options", test_sim_bad_options);
+    sim_test("sim_poll_plain", test_sim_poll_plain);
+    sim_test("sim_poll_empty", test_sim_poll_empty);
+    sim_test("sim_poll_keyed", test_sim_poll_keyed);
+    sim_test("sim_status_meters", test_sim_status_meters);
+    sim_test("sim_nack_crc_retransmits", test_sim_nack_crc_retransmits);
+    sim_test("sim_unacked_poll_repeats", test_sim_unacked_poll_repeats);
+    sim_test("sim_acked_csv", test_sim_acked_csv);
+    sim_test("sim_replayed_fep_ic", test_sim_replayed_fep_ic);
+    sim_test("sim_unknown_busy_security", test_sim_unknown_busy_security);
+    sim_test("sim_same_key", test_sim_same_key);
+    sim_test("sim_config_out", test_sim_config_out);
+    sim_test("sim_listen_in_use", test_sim_listen_in_use);
+    sim_test("sim_fault_targets", test_sim_fault_targets);
+    sim_test("sim_fault_dribble", test_sim_fault_dribble);
+    sim_test("sim_fault_slowloris", test_sim_fault_slowloris);
+    sim_test("sim_fault_garbage", test_sim_fault_garbage);
+    sim_test("sim_fault_crc", test_sim_fault_crc);
+    sim_test("sim_fault_crc_always", test_sim_fault_crc_always);
+    sim_test("sim_fault_badtag", test_sim_fault_badtag);
+    sim_test("sim_fault_replay", test_sim_fault_replay);
+    sim_test("sim_fault_skip_fsn", test_sim_fault_skip_fsn);
+    sim_test("sim_fault_dup_fsn", test_sim_fault_dup_fsn);
+    sim_test("sim_fault_oversize", test_sim_fault_oversize);
+    sim_test("sim_fault_silent", test_sim_fault_silent);
+    sim_test("sim_fault_nack", test_sim_fault_nack);
+    sim_test("sim_fault_plaintext", test_sim_fault_plaintext);
+    sim_test("sim_fault_noread", test_sim_fault_noread);
+    sim_test("sim_fault_cut", test_sim_fault_cut);
+    sim_test("sim_push", test_sim_push);
+    sim_test("sim_push_refused", test_sim_push_refused);
+    sim_test("sim_latency_round_trips", test_sim_latency_round_trips);
+    sim_test("sim_latency_jitter", test_sim_latency_jitter);
+    sim_test("sim_latency_push", test_sim_latency_push);
+    sim_test("sim_sigterm_report", test_sim_sigterm_report);
+    sim_test("sim_bad_options", test_sim_bad_options);
 }
