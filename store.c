@@ -549,7 +549,8 @@ int store_open(store *s, const char *data_dir, int sync_packet, char *err,
     for (i = 0; i < STORE_FILES; i++)
         s->out[i].fd = -1;
     if (strlen(data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
-        snprintf(err, errlen, "%s: path too long", data_dir);
+        snprintf(err, errlen, "data_dir: path of %zu characters too long",
+                 strlen(data_dir));
         return -1;
     }
     strcpy(s->dir, data_dir);
