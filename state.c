@@ -273,9 +273,10 @@ static char *dcu_line_put(char *p, const dcu_conf *c, const dcu_state *d)
  * save_cap was sized in state_open for every line at its longest. */
 static size_t state_format(fep_state *st, const fep_config *cfg)
 {
-    char *p = put_str(st->save_buf, state_header);
+    char *p;
     unsigned i;
 
+    put_str(st->save_buf, state_header);
     for (i = 0; i < st->n_keys; i++)
         tx_line_put(tx_line_at(st, i), &st->keys[i]);
     p = tx_line_at(st, st->n_keys);
