@@ -1,14 +1,33 @@
-# fepd -- make with any cc.  Targets: all test sanitize valgrind bench clean.
+# fepd -- make with any cc, under GNU make or BSD make (bmake).
+# Targets: all test sanitize valgrind bench demo soak clean; fuzz fuzz-long
+# fuzz-corpus fuzz-replay coverage test-long (README, "Testing fepd");
+# cross-test analyze (docs/PORTING.md).
+#
+# The makefile is POSIX make plus .PHONY, which both makes know: no
+# $(wildcard), no define or export, no pattern rules, no conditionals.
+# What needs more than that is a POSIX sh script under scripts/, called
+# with the source lists and flags it needs.
 #
 # Every binary is built from its sources in one cc call; the stamp file
 # .build-flags holds the compiler and flags of the last build, so that
 # `make CC=clang` or `make sanitize` rebuilds everything instead of linking
 # stale objects.
+#
+# CC is make's own: `cc` under GNU make, `cc` or, on Linux, `cc -pipe` under
+# bmake; `make CC=clang` (or CC in the environment) chooses another.  It is
+# not set here with `CC ?= cc`, which does nothing in either make, since both
+# define CC before reading this file.  `?=` is used only for variables
+# that neither make presets (OPT, FUZZ_CC, FUZZ_SECONDS), so that the
+# environment can set them.  CFLAGS and LDFLAGS are set here in full (bmake
+# presets them too); add to them with EXTRA_CFLAGS and EXTRA_LDFLAGS.
 
-CC ?= cc
 OPT ?= -O2
 WARN = -Wall -Wextra -Wpedantic -Werror
-CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(OPT) $(EXTRA_CFLAGS)
+# 64-bit off_t and time_t where the C library's default is 32 bits (glibc
+# on 32-bit targets): a CSV file may pass 2 GiB, a time 2038.  Nothing
+# changes where they are 64 bits already (64-bit targets, musl, the BSDs).
+STD = -std=c99 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
+CFLAGS = $(STD) $(WARN) $(OPT) $(EXTRA_CFLAGS)
 LDFLAGS = $(EXTRA_LDFLAGS)
 
 CORE_SRC = crypto.c frame.c sys.c
@@ -19,7 +38,11 @@ TEST_FILES = test.c test_crypto.c test_frame.c test_config.c test_store.c \
              test_state.c test_sim.c test_fep.c test_fault.c test_trust.c \
              test_docs.c test_daemon.c
 # The unit tests link fepd's modules (not fep.c, which holds main).
-TEST_SRC = $(TEST_FILES) $(wildcard $(FEPD_MODULES)) $(CORE_SRC)
+TEST_SRC = $(TEST_FILES) $(FEPD_MODULES) $(CORE_SRC)
+# The test files whose tests start no process (scripts/cross-test.sh runs
+# them under an emulator, which cannot start the programs it tests).
+UNIT_TEST_FILES = test_crypto.c test_frame.c test_config.c test_store.c \
+                  test_state.c
 BENCH_SRC = bench.c $(CORE_SRC)
 HEADERS = fep.h test.h
 
@@ -38,9 +61,13 @@ SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 
 all: $(PROGRAMS)
 
+# Rewritten only when the build command changes; FORCE makes make look at
+# it every time (a rule of its own: bmake does not know a target that is
+# only named in .PHONY).
+FORCE:
 .build-flags: FORCE
-	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || \
-	    echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
+	@echo '$(CC) $(CFLAGS) $(LDFLAGS) $(ALLOC_CHECK)' | cmp -s - $@ || \
+	    echo '$(CC) $(CFLAGS) $(LDFLAGS) $(ALLOC_CHECK)' > $@
 
 fepd: $(FEPD_SRC) $(HEADERS) .build-flags
 	$(CC) $(CFLAGS) -o $@ $(FEPD_SRC) $(LDFLAGS)
@@ -85,6 +112,7 @@ bench: fep_bench fepd dcusim
 
 clean:
 	rm -f $(PROGRAMS) .build-flags
+	rm -rf cross
 
 # ------------------------------------------------------------------------
 # Proof of robustness (README, "Testing fepd"): coverage, fuzzing, the long fault
@@ -98,7 +126,7 @@ clean:
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_MAX_LEN = 8192
-FUZZ_FLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -g -O1 \
+FUZZ_FLAGS = $(STD) $(WARN) -g -O1 \
              -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
              -fno-sanitize-recover=all
 FUZZ_FRAME_SRC = fuzz.c frame.c crypto.c
@@ -139,94 +167,39 @@ fuzz-corpus:
 	./fuzz/run/fuzz_corpus fuzz/corpus
 
 # Every seed and every saved crash, run once by the harnesses built with
-# $(CC) and no libFuzzer (-DFUZZ_STANDALONE), under ASan and UBSan.
+# $(CC) and no libFuzzer (-DFUZZ_STANDALONE), under ASan and UBSan.  The
+# crash files are found by the shell (a glob that matches nothing is
+# dropped), one recipe line each, so that no make function is needed.
 fuzz-replay:
 	@mkdir -p fuzz/run
 	$(CC) $(CFLAGS) $(SANITIZE_FLAGS) -DFUZZ_FRAME -DFUZZ_STANDALONE \
 	    -o fuzz/run/replay_frame $(FUZZ_FRAME_SRC) -fsanitize=address,undefined
 	$(CC) $(CFLAGS) $(SANITIZE_FLAGS) -DFUZZ_SESSION -DFUZZ_STANDALONE \
 	    -o fuzz/run/replay_session $(FUZZ_SESSION_SRC) -fsanitize=address,undefined
-	./fuzz/run/replay_frame fuzz/corpus/frame $(wildcard fuzz/crashes/frame-*)
-	./fuzz/run/replay_session fuzz/corpus/session $(wildcard fuzz/crashes/session-*)
+	set -- fuzz/crashes/frame-*; [ -e "$$1" ] || set --; \
+	    ./fuzz/run/replay_frame fuzz/corpus/frame "$$@"
+	set -- fuzz/crashes/session-*; [ -e "$$1" ] || set --; \
+	    ./fuzz/run/replay_session fuzz/corpus/session "$$@"
 
-# The suite with every program built by gcc --coverage -O0 in cov/ (the
-# tests run there, so ./fepd_t and ./dcusim are the instrumented ones),
-# then a table of line and branch coverage per source file.  A program is
-# built in one cc call, so gcc names its data files after the program
-# (cov/fepd_t-store.gcda, cov/fep_test-store.gcda, ...): gcov reads each,
-# and a source linked into several programs is merged line by line -- a
-# line or branch counts as covered when any program covered it.  The lines
-# not covered are listed in cov/uncovered.txt.  COV_FILTER runs a subset.
+# The suite with every program built by gcc --coverage -O0 in cov/, then a
+# table of line and branch coverage per source file (scripts/coverage.sh
+# says how).  COV_FILTER runs a subset.
 COV_DIR = cov
 COV_CC = gcc
 # -O0 leaves gcc no value ranges, so -Wformat-truncation (on with -Wall)
 # flags snprintf calls it can prove safe at -O2: off here, where the build is
 # for measuring; every other build keeps it.
-COV_FLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -Wno-format-truncation \
-            -O0 -g --coverage
+COV_FLAGS = $(STD) $(WARN) -Wno-format-truncation -O0 -g --coverage
 COV_SOURCES = frame.c crypto.c session.c store.c state.c fep.c config.c \
               metrics.c sys.c dcusim.c
 COV_FILTER =
 
-# gcov -t text in, one row per source out (see above).
-define COV_AWK
-function trim(s) { gsub(/^ +| +$$/, "", s); return s }
-BEGIN { n = split(want, order, " "); for (i = 1; i <= n; i++) wanted[order[i]] = 1 }
-/^branch / {
-    if (!(src in wanted)) next
-    k = src SUBSEP line SUBSEP $$2; br[k] = 1
-    if ($$3 == "taken" && $$4 + 0 > 0) brt[k] = 1
-    next
-}
-/^(call|function|unconditional) / { next }
-{
-    i = index($$0, ":"); if (!i) next
-    c = trim(substr($$0, 1, i - 1)); rest = substr($$0, i + 1)
-    j = index(rest, ":"); ln = trim(substr(rest, 1, j - 1)) + 0
-    if (ln == 0) {
-        if (substr(rest, j + 1, 7) == "Source:") { src = substr(rest, j + 8); sub(/^.*\//, "", src) }
-        next
-    }
-    line = ln
-    if (!(src in wanted) || c == "-") next
-    k = src SUBSEP ln; ex[k] = 1; sub(/\*$$/, "", c)
-    if (c != "#####" && c != "=====" && c + 0 > 0) cov[k] = 1
-}
-END {
-    for (k in ex) { split(k, p, SUBSEP); lt[p[1]]++; if (k in cov) lc[p[1]]++; else print p[1] ":" p[2] ": line" > uncovered }
-    for (k in br) { split(k, p, SUBSEP); bt[p[1]]++; if (k in brt) bc[p[1]]++; else print p[1] ":" p[2] ": branch " p[3] > uncovered }
-    printf "%-12s %15s %8s %15s %8s\n", "file", "lines", "", "branches", ""
-    for (i = 1; i <= n; i++) {
-        f = order[i]; if (!lt[f]) continue
-        printf "%-12s %7d/%-7d %7.1f%% %7d/%-7d %7.1f%%\n", f, lc[f], lt[f], 100 * lc[f] / lt[f], \
-               bc[f], bt[f], bt[f] ? 100 * bc[f] / bt[f] : 100
-    }
-}
-endef
-export COV_AWK
-
 coverage:
-	@command -v $(COV_CC) >/dev/null 2>&1 && command -v gcov >/dev/null 2>&1 || \
-	    { echo "make coverage: needs $(COV_CC) and gcov"; exit 1; }
-	rm -rf $(COV_DIR) && mkdir -p $(COV_DIR)
-	$(COV_CC) $(COV_FLAGS) -o $(COV_DIR)/fepd $(FEPD_SRC)
-	$(COV_CC) $(COV_FLAGS) -DFEP_FAULT $(ALLOC_CHECK) -o $(COV_DIR)/fepd_t $(FEPD_SRC)
-	$(COV_CC) $(COV_FLAGS) -o $(COV_DIR)/dcusim $(DCUSIM_SRC)
-	$(COV_CC) $(COV_FLAGS) -DFEP_FAULT -o $(COV_DIR)/fep_test $(TEST_SRC)
-	@# The rest of the tree as the tests see it from the top (docs, ...).
-	@for f in *; do [ $$f = $(COV_DIR) ] || [ -e $(COV_DIR)/$$f ] || \
-	    ln -s ../$$f $(COV_DIR)/$$f; done
-	@echo "running the suite in $(COV_DIR)/ (log: $(COV_DIR)/test.log)"
-	@cd $(COV_DIR) && { ./fep_test $(COV_FILTER) > test.log 2>&1; echo $$? > test.rc; \
-	    tail -1 test.log; grep '^FAIL' test.log; true; }
-	@for g in $(COV_DIR)/*.gcda; do gcov -b -c -t -o $(COV_DIR) "$$g" 2>/dev/null; done | \
-	    awk -v want="$(COV_SOURCES)" -v uncovered=$(COV_DIR)/uncovered.txt "$$COV_AWK" | \
-	    tee $(COV_DIR)/summary.txt
-	@touch $(COV_DIR)/uncovered.txt
-	@sort -t: -k1,1 -k2,2n -o $(COV_DIR)/uncovered.txt $(COV_DIR)/uncovered.txt
-	@echo "lines and branches not covered: $(COV_DIR)/uncovered.txt"
-	@[ "$$(cat $(COV_DIR)/test.rc)" = 0 ] || \
-	    { echo "make coverage: the suite failed; the table is of that run"; exit 1; }
+	COV_DIR='$(COV_DIR)' COV_CC='$(COV_CC)' COV_FLAGS='$(COV_FLAGS)' \
+	COV_SOURCES='$(COV_SOURCES)' COV_FILTER='$(COV_FILTER)' \
+	ALLOC_CHECK='$(ALLOC_CHECK)' FEPD_SRC='$(FEPD_SRC)' \
+	DCUSIM_SRC='$(DCUSIM_SRC)' TEST_SRC='$(TEST_SRC)' \
+	    sh scripts/coverage.sh
 
 # The fault sweep over every N up to each operation's call count, and 100
 # SIGKILL points (test_fault.c; FEP_FAULT_SWEEP=all widens the sweep to
@@ -246,3 +219,27 @@ install:
 	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh install
 uninstall:
 	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh scripts/install.sh uninstall
+
+# ------------------------------------------------------------------------
+# Proof of a port (docs/PORTING.md).
+
+.PHONY: cross-test analyze
+
+# s390x (big-endian) under qemu: the unit tests of UNIT_TEST_FILES, and
+# fepd and dcusim against the native ones; builds with musl-gcc and tcc.
+# Outputs in cross/ (gitignored); a missing tool skips its steps.
+cross-test: fepd dcusim
+	STD='$(STD)' WARN='$(WARN)' FEPD_SRC='$(FEPD_SRC)' \
+	DCUSIM_SRC='$(DCUSIM_SRC)' TEST_SRC='$(TEST_SRC)' \
+	UNIT_TEST_FILES='$(UNIT_TEST_FILES)' \
+	    sh scripts/cross-test.sh
+
+# clang's static analyzer over every program file, as fepd and as the test
+# build fepd_t; fails on any finding.
+ANALYZER = clang
+ANALYZE_SRC = fep.c session.c config.c store.c state.c metrics.c sys.c \
+              frame.c crypto.c dcusim.c bench.c
+
+analyze:
+	ANALYZER='$(ANALYZER)' STD='$(STD)' ANALYZE_SRC='$(ANALYZE_SRC)' \
+	    sh scripts/analyze.sh

@@ -823,6 +823,10 @@ static int sim_listen_start(proc *sim, const char *dir, const e2e_spec *e,
 
     a.n = 0;
     *port = free_port();
+    if (*port == 0) {
+        fail(r, "no free port for dcusim");
+        return -1;
+    }
     arg(&a, "%s", DCUSIM_PATH, 0);
     arg(&a, "--listen", NULL, 0);
     arg(&a, "127.0.0.1:%lu", NULL, *port);
@@ -830,7 +834,7 @@ static int sim_listen_start(proc *sim, const char *dir, const e2e_spec *e,
     arg(&a, "--config-out", NULL, 0);
     arg(&a, "%s/dcus.conf", dir, 0);
     snprintf(log_path, sizeof log_path, "%s/dcusim.log", dir);
-    if (*port == 0 || proc_start(sim, a.v, log_path) != 0 ||
+    if (proc_start(sim, a.v, log_path) != 0 ||
         log_wait(log_path, "playing", sim, 10000) != 0) {
         proc_stop(sim, 10);
         fail(r, "dcusim did not start");

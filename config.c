@@ -312,8 +312,8 @@ static int parse_addr(const char *text, void *field, char *why, size_t whylen)
 static int parse_path(const char *text, void *field, char *why, size_t whylen)
 {
     if (strlen(text) > PATH_TEXT_MAX) {
-        snprintf(why, whylen, "must be at most %d characters, got '%s'",
-                 PATH_TEXT_MAX, text);
+        snprintf(why, whylen, "must be at most %d characters, got %zu",
+                 PATH_TEXT_MAX, strlen(text));
         return -1;
     }
     copy_text(field, PATH_SIZE, text);

@@ -1069,7 +1069,8 @@ int store_check(const char *data_dir, int *has_rows, char *err, size_t errlen)
 
     *has_rows = 0;
     if (strlen(data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
-        snprintf(err, errlen, "%s: path too long", data_dir);
+        snprintf(err, errlen, "data_dir: path of %zu characters too long",
+                 strlen(data_dir));
         return -1;
     }
     for (i = 0; i < STORE_FILES; i++) {
