@@ -16,7 +16,7 @@ FEPD_MODULES = config.c store.c state.c metrics.c
 FEPD_SRC = fep.c session.c $(FEPD_MODULES) $(CORE_SRC)
 DCUSIM_SRC = dcusim.c $(CORE_SRC)
 TEST_FILES = test.c test_crypto.c test_frame.c test_config.c test_store.c \
-             test_sim.c test_fep.c test_fault.c
+             test_sim.c test_fep.c test_fault.c test_shard.c
 # The unit tests link fepd's modules (not fep.c, which holds main).
 TEST_SRC = $(TEST_FILES) $(wildcard $(FEPD_MODULES)) $(CORE_SRC)
 BENCH_SRC = bench.c $(CORE_SRC)

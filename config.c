@@ -1,8 +1,9 @@
 /*
  * config.c -- the config file of DESIGN.md section 2.
  *
- * Owns: the two arrays of a loaded fep_config, dcus and by_sid, allocated
- * once by config_load and freed by config_release; nothing else.
+ * Owns: the arrays of a loaded fep_config, dcus, by_sid and (sharded)
+ * other_sids, allocated once by config_load and freed by config_release;
+ * nothing else.
  * Must not touch: sockets (an address is resolved, never connected or bound),
  * the directories it names (fepd creates them later, after --check), and any
  * state outside the fep_config it is given.
@@ -18,6 +19,12 @@
  * hold.  The DCUs are then indexed by their padded SID, the form the wire
  * carries, so that a frame's SID is looked up by binary search without
  * unpadding; duplicates show up as neighbours in that order.
+ *
+ * Shards (--shard I/N).  {shard} in fep_id, data_dir, state_dir and pidfile
+ * becomes I as the line is read, so every message names the value that is
+ * used; listen and metrics move up by I.  The whole file is read and checked
+ * by every shard alike (a file is good or bad for all of them), and only
+ * then does the table keep the shard's own DCUs.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -25,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include "fep.h"
 
@@ -104,6 +113,8 @@ typedef struct config_reader {
     char *err;
     size_t errlen;
     unsigned given[DIRECTIVES];         /* line of each, 0 not given yet */
+    unsigned shard, shards;             /* --shard I/N; 0 and 1 when not sharded */
+    unsigned char templated[DIRECTIVES]; /* the value held {shard} */
     unsigned dcu_cap;                   /* dcu lines found by the first pass */
     char buf[CONFIG_LINE_MAX + 2];      /* a line, its newline and the NUL */
 } config_reader;
@@ -411,6 +422,77 @@ static const struct dcu_option {
 #define DCU_OPTIONS (sizeof dcu_options / sizeof dcu_options[0])
 
 /* ------------------------------------------------------------------------
+ * Shards (DESIGN.md section 3)
+ * ---------------------------------------------------------------------- */
+
+#define SHARD_TOKEN "{shard}"
+
+/* The directives whose value may hold {shard}; pidfile's turn comes with
+ * its directive. */
+static const char *const shard_directives[] = {
+    "fep_id", "data_dir", "state_dir", "pidfile"
+};
+
+int config_shard_expand(const char *pattern, unsigned shard, char *out,
+                        size_t cap)
+{
+    const size_t token = sizeof SHARD_TOKEN - 1;
+    char digits[16];
+    size_t n = 0, len = (size_t)snprintf(digits, sizeof digits, "%u", shard);
+
+    while (*pattern) {
+        const char *piece = digits;
+        size_t piece_len = len;
+
+        if (strncmp(pattern, SHARD_TOKEN, token) == 0) {
+            pattern += token;
+        } else {
+            piece = pattern++;
+            piece_len = 1;
+        }
+        if (n + piece_len >= cap)
+            return -1;
+        memcpy(out + n, piece, piece_len);
+        n += piece_len;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+unsigned config_shard_of(const char *id, unsigned shards)
+{
+    return jump_hash(fnv1a64(id, strlen(id)), shards);
+}
+
+/* The value of directive k with {shard} replaced, into value (as long as a
+ * line); state_dir as written is kept for the shard's siblings (state.c
+ * reads their replay marks). */
+static int shard_value(config_reader *r, fep_config *cfg, size_t k,
+                       const char *text, char value[CONFIG_LINE_MAX + 1])
+{
+    size_t i;
+
+    for (i = 0; i < sizeof shard_directives / sizeof shard_directives[0]; i++)
+        if (strcmp(directives[k].name, shard_directives[i]) == 0)
+            break;
+    r->templated[k] = i < sizeof shard_directives / sizeof shard_directives[0]
+                      && strstr(text, SHARD_TOKEN) != NULL;
+    if (!r->templated[k]) {
+        copy_text(value, CONFIG_LINE_MAX + 1, text);
+        return 0;
+    }
+    /* A shard number is never longer than the token it replaces. */
+    config_shard_expand(text, r->shard, value, CONFIG_LINE_MAX + 1);
+    if (strcmp(directives[k].name, "state_dir") != 0)
+        return 0;
+    if (strlen(text) > PATH_TEXT_MAX)
+        return reader_fail(r, "state_dir: must be at most %d characters, "
+                           "got '%s'", PATH_TEXT_MAX, text);
+    copy_text(cfg->state_dir_pattern, PATH_SIZE, text);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
  * Directives
  * ---------------------------------------------------------------------- */
 
@@ -441,7 +523,7 @@ static int apply_directive(config_reader *r, fep_config *cfg,
                            const line_fields *lf)
 {
     const struct directive *d = directive_find(lf->f[0]);
-    char why[WHY_SIZE];
+    char why[WHY_SIZE], value[CONFIG_LINE_MAX + 1];
     size_t k;
 
     if (!d)
@@ -454,8 +536,13 @@ static int apply_directive(config_reader *r, fep_config *cfg,
         return reader_fail(r, "%s: missing value", d->name);
     if (lf->n > 2)
         return reader_fail(r, "%s: extra value '%s'", d->name, lf->f[2]);
-    if (d->parse(lf->f[1], (char *)cfg + d->field, why, sizeof why) != 0)
-        return reader_fail(r, "%s: %s", d->name, why);
+    if (shard_value(r, cfg, k, lf->f[1], value) != 0)
+        return -1;
+    if (d->parse(value, (char *)cfg + d->field, why, sizeof why) != 0)
+        return r->templated[k]
+                   ? reader_fail(r, "%s: %s ({shard} is %u)", d->name, why,
+                                 r->shard)
+                   : reader_fail(r, "%s: %s", d->name, why);
     if (d->flag != NO_FLAG)
         *(int *)(void *)((char *)cfg + d->flag) = 1;
     r->given[k] = r->line;
@@ -637,7 +724,7 @@ static unsigned first_duplicate(const sid_entry *e, unsigned n)
 static int index_dcus(config_reader *r, fep_config *cfg)
 {
     unsigned i, dup, n = cfg->n_dcus;
-    sid_entry *e = malloc(n * sizeof *e);
+    sid_entry *e = malloc((n + 1) * sizeof *e);   /* a shard may own none */
 
     if (!e)
         return file_fail(r, "out of memory", "");
@@ -656,6 +743,141 @@ static int index_dcus(config_reader *r, fep_config *cfg)
     return reader_fail(r, "dcu %s: duplicate id (first on line %u)",
                        cfg->dcus[cfg->by_sid[dup]].id,
                        cfg->dcus[cfg->by_sid[dup - 1]].line);
+}
+
+/* ------------------------------------------------------------------------
+ * Shards: the rules, the ports, the split
+ * ---------------------------------------------------------------------- */
+
+/* The line of directive name, 0 when it was not given. */
+static unsigned given_line(const config_reader *r, const char *name)
+{
+    const struct directive *d = directive_find(name);
+
+    return d ? r->given[d - directives] : 0;
+}
+
+/* With N > 1, whatever would be shared must differ by {shard}. */
+static int shard_rules(config_reader *r, const fep_config *cfg)
+{
+    static const char *const own_dirs[] = { "data_dir", "state_dir" };
+    unsigned i, keyed = 0;
+
+    if (r->shards <= 1)
+        return 0;
+    for (i = 0; i < 2; i++) {
+        const struct directive *d = directive_find(own_dirs[i]);
+        if (r->templated[d - directives])
+            continue;
+        if (!given_line(r, own_dirs[i]))
+            return file_fail(r, own_dirs[i], ": not given, and with --shard "
+                             "I/N and N > 1 it must contain {shard}: the "
+                             "shards would share it");
+        r->line = given_line(r, own_dirs[i]);
+        return reader_fail(r, "%s: must contain {shard} with --shard I/N and "
+                           "N > 1: the shards would share it", own_dirs[i]);
+    }
+    for (i = 0; i < cfg->n_dcus && !keyed; i++)
+        keyed = cfg->dcus[i].has_key;
+    if (!keyed || r->templated[directive_find("fep_id") - directives])
+        return 0;
+    if (!given_line(r, "fep_id"))
+        return file_fail(r, "fep_id", ": not given, and with keyed DCUs and "
+                         "--shard I/N with N > 1 it must contain {shard}: the "
+                         "shards would send under the same SID, hence the "
+                         "same GCM IVs");
+    r->line = given_line(r, "fep_id");
+    return reader_fail(r, "fep_id: must contain {shard} with keyed DCUs and "
+                       "--shard I/N with N > 1: the shards would send under "
+                       "the same SID, hence the same GCM IVs");
+}
+
+/* The port of a, plus add; -1 when that is past 65535.  Port 0 (any) stays. */
+static int port_add(sys_addr *a, unsigned add)
+{
+    in_port_t *port;
+    unsigned p;
+
+    if (a->ss.ss_family == AF_INET)
+        port = &((struct sockaddr_in *)(void *)&a->ss)->sin_port;
+    else if (a->ss.ss_family == AF_INET6)
+        port = &((struct sockaddr_in6 *)(void *)&a->ss)->sin6_port;
+    else
+        return 0;
+    p = ntohs(*port);
+    if (p == 0)
+        return 0;
+    if (p + add > 65535)
+        return -1;
+    *port = htons((uint16_t)(p + add));
+    return 0;
+}
+
+/* listen and metrics: the file's port plus the shard number. */
+static int shard_ports(config_reader *r, fep_config *cfg)
+{
+    if (cfg->has_listen && port_add(&cfg->listen, r->shard) != 0) {
+        r->line = given_line(r, "listen");
+        return reader_fail(r, "listen: the port plus the shard number (%u) "
+                           "is more than 65535", r->shard);
+    }
+    if (cfg->has_metrics && port_add(&cfg->metrics, r->shard) != 0) {
+        r->line = given_line(r, "metrics");
+        return reader_fail(r, "metrics: the port plus the shard number (%u) "
+                           "is more than 65535", r->shard);
+    }
+    return 0;
+}
+
+static int sid_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, FRAME_ID_SIZE);
+}
+
+/*
+ * Keeps this shard's DCUs in the table (in file order, moved down in
+ * place) and the other shards' SIDs in other_sids.  Why their SIDs and
+ * nothing else: a push from another shard's DCU must be told apart from a
+ * SID that is in no shard, and the file is the only place that says which
+ * ids exist; hashing a SID gives the shard it would belong to, not whether
+ * it is configured.  8 bytes a DCU, sorted for a binary search, and the
+ * shard is computed again from the SID when it is needed.
+ */
+static int shard_split(config_reader *r, fep_config *cfg)
+{
+    unsigned i, own = 0, other = 0, n = cfg->n_dcus;
+
+    if (r->shards <= 1)
+        return 0;
+    for (i = 0; i < n; i++)
+        own += config_shard_of(cfg->dcus[i].id, r->shards) == r->shard;
+    cfg->other_sids = malloc((n - own + 1) * (size_t)FRAME_ID_SIZE);
+    if (!cfg->other_sids)
+        return file_fail(r, "out of memory for the other shards' DCUs", "");
+    own = 0;
+    for (i = 0; i < n; i++) {
+        if (config_shard_of(cfg->dcus[i].id, r->shards) == r->shard)
+            cfg->dcus[own++] = cfg->dcus[i];
+        else
+            memcpy(cfg->other_sids + (size_t)other++ * FRAME_ID_SIZE,
+                   cfg->dcus[i].sid, FRAME_ID_SIZE);
+    }
+    memset(cfg->dcus + own, 0, (n - own) * sizeof *cfg->dcus);
+    cfg->n_dcus = own;
+    cfg->n_other = other;
+    qsort(cfg->other_sids, other, FRAME_ID_SIZE, sid_cmp);
+    return index_dcus(r, cfg);
+}
+
+int config_other_shard(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
+{
+    char id[FRAME_ID_SIZE + 1];
+
+    if (cfg->n_other == 0 ||
+        !bsearch(sid, cfg->other_sids, cfg->n_other, FRAME_ID_SIZE, sid_cmp))
+        return -1;
+    frame_id_str(sid, id);
+    return (int)config_shard_of(id, cfg->shards);
 }
 
 /* ------------------------------------------------------------------------
@@ -710,6 +932,8 @@ static int check_fep_id(config_reader *r, const fep_config *cfg)
 
 static int config_read(config_reader *r, fep_config *cfg)
 {
+    cfg->shard = r->shard;
+    cfg->shards = r->shards;
     if (count_dcus(r) != 0 || config_allocate(r, cfg) != 0)
         return -1;
     rewind(r->f);
@@ -722,10 +946,21 @@ static int config_read(config_reader *r, fep_config *cfg)
     if (index_dcus(r, cfg) != 0 || check_max_dcus(r, cfg) != 0)
         return -1;
     frame_id_set(cfg->sid, cfg->fep_id);
-    return check_fep_id(r, cfg);
+    /* The whole file is checked, whichever shard reads it; then the shard
+     * keeps its own DCUs. */
+    if (check_fep_id(r, cfg) != 0 || shard_rules(r, cfg) != 0 ||
+        shard_ports(r, cfg) != 0)
+        return -1;
+    return shard_split(r, cfg);
 }
 
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
+{
+    return config_load_shard(path, 0, 1, cfg, err, errlen);
+}
+
+int config_load_shard(const char *path, unsigned shard, unsigned shards,
+                      fep_config *cfg, char *err, size_t errlen)
 {
     config_reader r;
     const char *why;
@@ -733,6 +968,8 @@ int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
 
     memset(cfg, 0, sizeof *cfg);
     memset(&r, 0, sizeof r);
+    r.shard = shard;
+    r.shards = shards;
     r.path = path;
     r.err = err;
     r.errlen = errlen;
@@ -775,7 +1012,10 @@ void config_release(fep_config *cfg)
 {
     free(cfg->dcus);
     free(cfg->by_sid);
+    free(cfg->other_sids);
     cfg->dcus = NULL;
     cfg->by_sid = NULL;
+    cfg->other_sids = NULL;
     cfg->n_dcus = 0;
+    cfg->n_other = 0;
 }

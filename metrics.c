@@ -50,6 +50,8 @@ enum metric {
     M_SLOTS_RELEASED,
     M_BUSY_REJECTED,
     M_DESCRIPTORS_OPEN,
+    M_DCUS_CONFIGURED,
+    M_DCUS_CAPACITY,
     M_DCU_LAST_SUCCESS,
     METRIC_FAMILIES
 };
@@ -81,6 +83,8 @@ static const struct family {
       "Connections closed at once because no slot was free." },
     { "fep_descriptors_open", "gauge",
       "Descriptors open through the system layer." },
+    { "fep_dcus_configured", "gauge", "DCUs this fepd (shard) serves." },
+    { "fep_dcus_capacity", "gauge", "DCU table capacity (max_dcus)." },
     { "fep_dcu_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful session of each DCU, 0 never." },
 };
@@ -140,6 +144,8 @@ static uint64_t sample_value(const fepd *d, enum metric m, uint32_t i)
     case M_SLOTS_RELEASED: return st->slots_released;
     case M_BUSY_REJECTED: return st->busy_rejected;
     case M_DESCRIPTORS_OPEN: return descriptors_open();
+    case M_DCUS_CONFIGURED: return d->cfg.n_dcus;
+    case M_DCUS_CAPACITY: return d->cfg.max_dcus;
     case M_DCU_LAST_SUCCESS: return last_success(d, i);
     case METRIC_FAMILIES: break;
     }

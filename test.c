@@ -556,6 +556,7 @@ int main(int argc, char **argv)
     test_sim_suite();
     test_fep_suite();
     test_fault_suite();
+    test_shard_suite();
 
     printf("%u passed, %u failed\n", tests_passed, tests_failed);
     return (tests_failed == 0 && tests_passed > 0) ? 0 : 1;

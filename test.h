@@ -101,5 +101,6 @@ void test_config_suite(void);
 void test_store_suite(void);
 void test_fep_suite(void);
 void test_fault_suite(void);
+void test_shard_suite(void);
 
 #endif /* TEST_H */
