@@ -6,8 +6,9 @@
  * (the slot table here; the DCU tables through config_load and state_open;
  * the CSV buffers inside the struct), every socket descriptor (listeners are
  * opened in start_listeners and closed in stop_listeners; a session's socket
- * is opened before slot_open and closed only in slot_close), and the signal
- * flags.  After start-up nothing is allocated or freed.
+ * is opened before slot_open and closed only in slot_close), the signal
+ * flags, and in test builds the switch that puts every poll phase at 0.
+ * After start-up nothing is allocated or freed.
  * Must not touch: protocol decisions (session.c), file formats (store.c,
  * state.c).
  *
@@ -40,6 +41,15 @@
 #define POLL_NEVER INT64_MAX
 
 static volatile sig_atomic_t signal_stop, signal_hup, signal_usr1;
+
+#ifdef FEP_FAULT
+/* Test builds: with $FEP_TEST_POLL_AT_START set, every DCU's poll phase is
+ * 0 (all polled at start-up, then every poll_every), so that the tests of
+ * other things get their poll cycle at once, not spread over poll_every. */
+static int poll_phases_zero;
+#else
+#define poll_phases_zero 0
+#endif
 
 static void on_signal(int sig)
 {
@@ -407,8 +417,8 @@ static uint64_t dcu_hash(const fepd *d, unsigned i)
 static int64_t poll_phase_after(const fepd *d, unsigned i, int64_t t)
 {
     int64_t every = d->cfg.poll_every_ms;
-    int64_t first = d->poll_epoch_ms +
-                    (int64_t)(dcu_hash(d, i) % (uint64_t)every);
+    int64_t first = d->poll_epoch_ms + (poll_phases_zero ? 0 :
+                    (int64_t)(dcu_hash(d, i) % (uint64_t)every));
 
     return t < first ? first : first + ((t - first) / every + 1) * every;
 }
@@ -1109,6 +1119,9 @@ int main(int argc, char **argv)
     char err[512];
 
     log_set_name("fepd");
+#ifdef FEP_FAULT
+    poll_phases_zero = getenv("FEP_TEST_POLL_AT_START") != NULL;
+#endif
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             config_path = argv[++i];

@@ -548,6 +548,9 @@ int main(int argc, char **argv)
     /* The tests start processes that may be told to exit by a signal; a
      * dead pipe must not kill the runner. */
     signal(SIGPIPE, SIG_IGN);
+    /* fepd_t polls every DCU at start-up, not at its phase (test_shard.c
+     * tests the phases and unsets it there). */
+    setenv("FEP_TEST_POLL_AT_START", "1", 1);
 
     test_crypto_suite();
     test_frame_suite();
