@@ -36,7 +36,7 @@ FEPD_SRC = fep.c session.c $(FEPD_MODULES) $(CORE_SRC)
 DCUSIM_SRC = dcusim.c $(CORE_SRC)
 TEST_FILES = test.c test_crypto.c test_frame.c test_config.c test_store.c \
              test_state.c test_sim.c test_fep.c test_fault.c test_trust.c \
-             test_docs.c test_daemon.c
+             test_docs.c test_daemon.c test_shard.c
 # The unit tests link fepd's modules (not fep.c, which holds main).
 TEST_SRC = $(TEST_FILES) $(FEPD_MODULES) $(CORE_SRC)
 # The test files whose tests start no process (scripts/cross-test.sh runs

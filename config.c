@@ -1,8 +1,9 @@
 /*
  * config.c -- the config file of DESIGN.md section 2.
  *
- * Owns: the two arrays of a loaded fep_config, dcus and by_sid, allocated
- * once by config_load and freed by config_release; nothing else.
+ * Owns: the arrays of a loaded fep_config, dcus, by_sid and (sharded)
+ * other_sids, allocated once by config_load and freed by config_release;
+ * nothing else.
  * Must not touch: sockets (an address is resolved, never connected or bound),
  * the directories it names (fepd creates them later, after --check), and any
  * state outside the fep_config it is given.
@@ -18,6 +19,12 @@
  * hold.  The DCUs are then indexed by their padded SID, the form the wire
  * carries, so that a frame's SID is looked up by binary search without
  * unpadding; duplicates show up as neighbours in that order.
+ *
+ * Shards (--shard I/N).  {shard} in fep_id, data_dir, state_dir and pidfile
+ * becomes I as the line is read, so every message names the value that is
+ * used; listen and metrics move up by I.  The whole file is read and checked
+ * by every shard alike (a file is good or bad for all of them), and only
+ * then does the table keep the shard's own DCUs.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -137,6 +144,9 @@ typedef struct config_reader {
     char *err;
     size_t errlen;
     unsigned given[DIRECTIVES];         /* line of each, 0 not given yet */
+    unsigned shard, shards;             /* --shard I/N; 0 and 1 when not sharded */
+    unsigned char templated[DIRECTIVES]; /* the value held {shard} */
+    char fep_id_pattern[CONFIG_LINE_MAX + 1]; /* fep_id as written, with {shard} */
     unsigned dcu_cap;                   /* dcu lines found by the first pass */
     char buf[CONFIG_LINE_MAX + 2];      /* a line, its newline and the NUL */
     unsigned char chunk[4096];          /* read(2) buffer: no stdio, which allocates */
@@ -481,6 +491,79 @@ static const struct dcu_option {
 #define DCU_OPTIONS (sizeof dcu_options / sizeof dcu_options[0])
 
 /* ------------------------------------------------------------------------
+ * Shards (DESIGN.md section 3)
+ * ---------------------------------------------------------------------- */
+
+#define SHARD_TOKEN "{shard}"
+
+/* The directives whose value may hold {shard}; pidfile's turn comes with
+ * its directive. */
+static const char *const shard_directives[] = {
+    "fep_id", "data_dir", "state_dir", "pidfile"
+};
+
+int config_shard_expand(const char *pattern, unsigned shard, char *out,
+                        size_t cap)
+{
+    const size_t token = sizeof SHARD_TOKEN - 1;
+    char digits[16];
+    size_t n = 0, len = (size_t)snprintf(digits, sizeof digits, "%u", shard);
+
+    while (*pattern) {
+        const char *piece = digits;
+        size_t piece_len = len;
+
+        if (strncmp(pattern, SHARD_TOKEN, token) == 0) {
+            pattern += token;
+        } else {
+            piece = pattern++;
+            piece_len = 1;
+        }
+        if (n + piece_len >= cap)
+            return -1;
+        memcpy(out + n, piece, piece_len);
+        n += piece_len;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+unsigned config_shard_of(const char *id, unsigned shards)
+{
+    return jump_hash(fnv1a64(id, strlen(id)), shards);
+}
+
+/* The value of directive k with {shard} replaced, into value (as long as a
+ * line); state_dir as written is kept for the shard's siblings (state.c
+ * reads their replay marks). */
+static int shard_value(config_reader *r, fep_config *cfg, size_t k,
+                       const char *text, char value[CONFIG_LINE_MAX + 1])
+{
+    size_t i;
+
+    for (i = 0; i < sizeof shard_directives / sizeof shard_directives[0]; i++)
+        if (strcmp(directives[k].name, shard_directives[i]) == 0)
+            break;
+    r->templated[k] = i < sizeof shard_directives / sizeof shard_directives[0]
+                      && strstr(text, SHARD_TOKEN) != NULL;
+    if (!r->templated[k]) {
+        copy_text(value, CONFIG_LINE_MAX + 1, text);
+        return 0;
+    }
+    /* A shard number is never longer than the token it replaces. */
+    config_shard_expand(text, r->shard, value, CONFIG_LINE_MAX + 1);
+    if (strcmp(directives[k].name, "fep_id") == 0)
+        copy_text(r->fep_id_pattern, sizeof r->fep_id_pattern, text);
+    if (strcmp(directives[k].name, "state_dir") != 0)
+        return 0;
+    if (strlen(text) > PATH_TEXT_MAX)
+        return reader_fail(r, "state_dir: must be at most %d characters, "
+                           "got '%s'", PATH_TEXT_MAX, text);
+    copy_text(cfg->state_dir_pattern, PATH_SIZE, text);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
  * Directives
  * ---------------------------------------------------------------------- */
 
@@ -511,7 +594,7 @@ static int apply_directive(config_reader *r, fep_config *cfg,
                            const line_fields *lf)
 {
     const struct directive *d = directive_find(lf->f[0]);
-    char why[WHY_SIZE];
+    char why[WHY_SIZE], value[CONFIG_LINE_MAX + 1];
     size_t k;
 
     if (!d)
@@ -524,8 +607,13 @@ static int apply_directive(config_reader *r, fep_config *cfg,
         return reader_fail(r, "%s: missing value", d->name);
     if (lf->n > 2)
         return reader_fail(r, "%s: extra value '%s'", d->name, lf->f[2]);
-    if (d->parse(lf->f[1], (char *)cfg + d->field, why, sizeof why) != 0)
-        return reader_fail(r, "%s: %s", d->name, why);
+    if (shard_value(r, cfg, k, lf->f[1], value) != 0)
+        return -1;
+    if (d->parse(value, (char *)cfg + d->field, why, sizeof why) != 0)
+        return r->templated[k]
+                   ? reader_fail(r, "%s: %s ({shard} is %u)", d->name, why,
+                                 r->shard)
+                   : reader_fail(r, "%s: %s", d->name, why);
     if (d->flag != NO_FLAG)
         *(int *)(void *)((char *)cfg + d->flag) = 1;
     r->given[k] = r->line;
@@ -750,17 +838,190 @@ static int index_dcus(config_reader *r, fep_config *cfg)
 }
 
 /* ------------------------------------------------------------------------
+ * Shards: the rules, the ports, the split
+ * ---------------------------------------------------------------------- */
+
+/* The line of directive name, 0 when it was not given. */
+static unsigned given_line(const config_reader *r, const char *name)
+{
+    const struct directive *d = directive_find(name);
+
+    return d ? r->given[d - directives] : 0;
+}
+
+/* With N > 1, whatever would be shared must differ by {shard}. */
+static int shard_rules(config_reader *r, const fep_config *cfg)
+{
+    static const char *const own_dirs[] = { "data_dir", "state_dir" };
+    unsigned i, keyed = 0;
+
+    if (r->shards <= 1)
+        return 0;
+    for (i = 0; i < 2; i++) {
+        const struct directive *d = directive_find(own_dirs[i]);
+        if (r->templated[d - directives])
+            continue;
+        if (!given_line(r, own_dirs[i]))
+            return file_fail(r, own_dirs[i], ": not given, and with --shard "
+                             "I/N and N > 1 it must contain {shard}: the "
+                             "shards would share it");
+        r->line = given_line(r, own_dirs[i]);
+        return reader_fail(r, "%s: must contain {shard} with --shard I/N and "
+                           "N > 1: the shards would share it", own_dirs[i]);
+    }
+    for (i = 0; i < cfg->n_dcus && !keyed; i++)
+        keyed = cfg->dcus[i].has_key;
+    if (!keyed || r->templated[directive_find("fep_id") - directives])
+        return 0;
+    if (!given_line(r, "fep_id"))
+        return file_fail(r, "fep_id", ": not given, and with keyed DCUs and "
+                         "--shard I/N with N > 1 it must contain {shard}: the "
+                         "shards would send under the same SID, hence the "
+                         "same GCM IVs");
+    r->line = given_line(r, "fep_id");
+    return reader_fail(r, "fep_id: must contain {shard} with keyed DCUs and "
+                       "--shard I/N with N > 1: the shards would send under "
+                       "the same SID, hence the same GCM IVs");
+}
+
+/* The port of a, plus add; -1 when that is past 65535.  Port 0 (any) stays. */
+static int port_add(sys_addr *a, unsigned add)
+{
+    if (a->port == 0)
+        return 0;
+    if ((unsigned)a->port + add > 65535)
+        return -1;
+    a->port = (uint16_t)(a->port + add);
+    return 0;
+}
+
+/* listen and metrics: the file's port plus the shard number. */
+static int shard_ports(config_reader *r, fep_config *cfg)
+{
+    if (cfg->has_listen && port_add(&cfg->listen, r->shard) != 0) {
+        r->line = given_line(r, "listen");
+        return reader_fail(r, "listen: the port plus the shard number (%u) "
+                           "is more than 65535", r->shard);
+    }
+    if (cfg->has_metrics && port_add(&cfg->metrics, r->shard) != 0) {
+        r->line = given_line(r, "metrics");
+        return reader_fail(r, "metrics: the port plus the shard number (%u) "
+                           "is more than 65535", r->shard);
+    }
+    return 0;
+}
+
+static void sid_swap(uint8_t *a, uint8_t *b)
+{
+    uint8_t t[FRAME_ID_SIZE];
+
+    memcpy(t, a, FRAME_ID_SIZE);
+    memcpy(a, b, FRAME_ID_SIZE);
+    memcpy(b, t, FRAME_ID_SIZE);
+}
+
+static void sid_sift_down(uint8_t *v, size_t root, size_t n)
+{
+    for (;;) {
+        size_t child = 2 * root + 1;
+
+        if (child >= n)
+            return;
+        if (child + 1 < n && memcmp(v + child * FRAME_ID_SIZE,
+                                    v + (child + 1) * FRAME_ID_SIZE,
+                                    FRAME_ID_SIZE) < 0)
+            child++;
+        if (memcmp(v + root * FRAME_ID_SIZE, v + child * FRAME_ID_SIZE,
+                   FRAME_ID_SIZE) >= 0)
+            return;
+        sid_swap(v + root * FRAME_ID_SIZE, v + child * FRAME_ID_SIZE);
+        root = child;
+    }
+}
+
+/* Heapsort of n padded SIDs in place (no allocation: a reload sorts too). */
+static void sort_sids(uint8_t *v, size_t n)
+{
+    size_t i;
+
+    for (i = n / 2; i-- > 0;)
+        sid_sift_down(v, i, n);
+    while (n > 1) {
+        n--;
+        sid_swap(v, v + n * FRAME_ID_SIZE);
+        sid_sift_down(v, 0, n);
+    }
+}
+
+/*
+ * Keeps this shard's DCUs in the table (in file order, moved down in
+ * place) and the other shards' SIDs in other_sids.  Why their SIDs and
+ * nothing else: a push from another shard's DCU must be told apart from a
+ * SID that is in no shard, and the file is the only place that says which
+ * ids exist; hashing a SID gives the shard it would belong to, not whether
+ * it is configured.  8 bytes a DCU (the array has the table's room, taken
+ * at start-up), sorted for a binary search, and the shard is computed
+ * again from the SID when it is needed.
+ */
+static int shard_split(config_reader *r, fep_config *cfg)
+{
+    unsigned i, own = 0, other = 0, n = cfg->n_dcus;
+
+    cfg->n_other = 0;
+    if (r->shards <= 1)
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (config_shard_of(cfg->dcus[i].id, r->shards) == r->shard)
+            cfg->dcus[own++] = cfg->dcus[i];
+        else
+            memcpy(cfg->other_sids + (size_t)other++ * FRAME_ID_SIZE,
+                   cfg->dcus[i].sid, FRAME_ID_SIZE);
+    }
+    memset(cfg->dcus + own, 0, (n - own) * sizeof *cfg->dcus);
+    cfg->n_dcus = own;
+    cfg->n_other = other;
+    sort_sids(cfg->other_sids, other);
+    config_index(cfg);
+    return 0;
+}
+
+static int sid_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, FRAME_ID_SIZE);
+}
+
+int config_other_shard(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
+{
+    char id[FRAME_ID_SIZE + 1];
+
+    if (cfg->n_other == 0 ||
+        !bsearch(sid, cfg->other_sids, cfg->n_other, FRAME_ID_SIZE, sid_cmp))
+        return -1;
+    frame_id_str(sid, id);
+    return (int)config_shard_of(id, cfg->shards);
+}
+
+/* ------------------------------------------------------------------------
  * Interface
  * ---------------------------------------------------------------------- */
+
+/* The DCU table and its index, and with shards the other shards' SIDs,
+ * each with room for cap DCUs; 0 or -1. */
+static int tables_alloc(fep_config *cfg, unsigned cap, unsigned shards)
+{
+    cfg->dcus = calloc(cap, sizeof *cfg->dcus);
+    cfg->by_sid = calloc(cap, sizeof *cfg->by_sid);
+    cfg->other_sids = shards > 1 ? calloc(cap, FRAME_ID_SIZE) : NULL;
+    cfg->dcus_cap = cap;
+    return cfg->dcus && cfg->by_sid && (shards <= 1 || cfg->other_sids)
+               ? 0 : -1;
+}
 
 static int config_allocate(config_reader *r, fep_config *cfg)
 {
     if (r->dcu_cap == 0)
         return 0;               /* "no dcu line" is reported after the lines */
-    cfg->dcus = calloc(r->dcu_cap, sizeof *cfg->dcus);
-    cfg->by_sid = calloc(r->dcu_cap, sizeof *cfg->by_sid);
-    cfg->dcus_cap = r->dcu_cap;
-    if (!cfg->dcus || !cfg->by_sid)
+    if (tables_alloc(cfg, r->dcu_cap, r->shards) != 0)
         return file_fail(r, "out of memory for the DCU table", "");
     return 0;
 }
@@ -768,10 +1029,9 @@ static int config_allocate(config_reader *r, fep_config *cfg)
 int config_alloc_like(fep_config *staged, const fep_config *live)
 {
     memset(staged, 0, sizeof *staged);
-    staged->dcus = calloc(live->dcus_cap, sizeof *staged->dcus);
-    staged->by_sid = calloc(live->dcus_cap, sizeof *staged->by_sid);
-    staged->dcus_cap = live->dcus_cap;
-    return staged->dcus && staged->by_sid ? 0 : -1;
+    staged->shard = live->shard;
+    staged->shards = live->shards;
+    return tables_alloc(staged, live->dcus_cap, live->shards);
 }
 
 /* max_dcus: given, at least the file's DCUs; else those and DCUS_SPARE. */
@@ -795,13 +1055,24 @@ static int check_max_dcus(config_reader *r, fep_config *cfg)
  * IVs with the DCU's key. */
 static int check_fep_id(config_reader *r, const fep_config *cfg)
 {
+    unsigned k = (unsigned)(directive_find("fep_id") - directives), j;
+    char where[48] = "the default", id[CONFIG_LINE_MAX + 1];
+    uint8_t sid[FRAME_ID_SIZE];
     int i = config_find_dcu(cfg, cfg->sid);
-    unsigned k = (unsigned)(directive_find("fep_id") - directives);
-    char where[32] = "the default";
 
+    /* Every shard's SID, not only this one's: the file is one for all. */
+    for (j = 0; i < 0 && r->templated[k] && j < r->shards; j++) {
+        if (config_shard_expand(r->fep_id_pattern, j, id, sizeof id) != 0 ||
+            strlen(id) > FRAME_ID_SIZE)
+            continue;                   /* that shard's own load says so */
+        frame_id_set(sid, id);
+        i = config_find_dcu(cfg, sid);
+        if (i >= 0)
+            snprintf(where, sizeof where, "line %u, shard %u", r->given[k], j);
+    }
     if (i < 0)
         return 0;
-    if (r->given[k])
+    if (r->given[k] && where[0] == 't')
         snprintf(where, sizeof where, "line %u", r->given[k]);
     r->line = cfg->dcus[i].line;
     return reader_fail(r, "dcu %s: the same id as fep_id (%s): fepd and the "
@@ -812,6 +1083,8 @@ static int check_fep_id(config_reader *r, const fep_config *cfg)
 /* The second pass and the checks of the whole file, into cfg's arrays. */
 static int config_parse(config_reader *r, fep_config *cfg)
 {
+    cfg->shard = r->shard;
+    cfg->shards = r->shards;
     if (reader_rewind(r) != 0)
         return read_failed(r);
     config_defaults(cfg);
@@ -823,14 +1096,19 @@ static int config_parse(config_reader *r, fep_config *cfg)
     if (index_dcus(r, cfg) != 0 || check_max_dcus(r, cfg) != 0)
         return -1;
     frame_id_set(cfg->sid, cfg->fep_id);
-    return check_fep_id(r, cfg);
+    /* The whole file is checked, whichever shard reads it; then the shard
+     * keeps its own DCUs. */
+    if (check_fep_id(r, cfg) != 0 || shard_rules(r, cfg) != 0 ||
+        shard_ports(r, cfg) != 0)
+        return -1;
+    return shard_split(r, cfg);
 }
 
 /* Opens path for reading: a regular file of at most CONFIG_SIZE_MAX bytes,
- * never blocking on a FIFO or a device. */
-/* The file is opened and closed here, outside sys.c's ledger and fault
- * table, like the stdio it replaces: the descriptor never outlives the
- * call, and the fault sweep is about the daemon's own files. */
+ * never blocking on a FIFO or a device.  It is opened and closed here,
+ * outside sys.c's ledger and fault table, like the stdio it replaces: the
+ * descriptor never outlives the call, and the fault sweep is about the
+ * daemon's own files. */
 static int reader_open(config_reader *r, const char *path, char *err,
                        size_t errlen)
 {
@@ -858,12 +1136,20 @@ static int reader_open(config_reader *r, const char *path, char *err,
 
 int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
 {
+    return config_load_shard(path, 0, 1, cfg, err, errlen);
+}
+
+int config_load_shard(const char *path, unsigned shard, unsigned shards,
+                      fep_config *cfg, char *err, size_t errlen)
+{
     config_reader r;
     int rc;
 
     memset(cfg, 0, sizeof *cfg);
     if (reader_open(&r, path, err, errlen) != 0)
         return -1;
+    r.shard = shard;
+    r.shards = shards;
     rc = count_dcus(&r);
     if (rc == 0)
         rc = config_allocate(&r, cfg);
@@ -880,17 +1166,21 @@ int config_load(const char *path, fep_config *cfg, char *err, size_t errlen)
 int config_reload(const char *path, fep_config *staged, char *err,
                   size_t errlen)
 {
-    dcu_conf *dcus = staged->dcus;
-    unsigned *by_sid = staged->by_sid, cap = staged->dcus_cap;
+    fep_config keep = *staged;          /* its arrays and its shard */
+    unsigned cap = keep.dcus_cap;
+    dcu_conf *dcus = keep.dcus;
     config_reader r;
     int rc;
 
     memset(staged, 0, sizeof *staged);
     staged->dcus = dcus;
-    staged->by_sid = by_sid;
+    staged->by_sid = keep.by_sid;
+    staged->other_sids = keep.other_sids;
     staged->dcus_cap = cap;
     if (reader_open(&r, path, err, errlen) != 0)
         return -1;
+    r.shard = keep.shard;
+    r.shards = keep.shards;
     r.dcu_cap = cap;
     memset(dcus, 0, cap * sizeof *dcus);
     rc = config_parse(&r, staged);
@@ -975,7 +1265,10 @@ void config_release(fep_config *cfg)
 {
     free(cfg->dcus);
     free(cfg->by_sid);
+    free(cfg->other_sids);
     cfg->dcus = NULL;
     cfg->by_sid = NULL;
+    cfg->other_sids = NULL;
     cfg->n_dcus = 0;
+    cfg->n_other = 0;
 }

@@ -8,7 +8,8 @@
  * opened in start_listeners and closed in stop_listeners; a session's socket
  * is opened before slot_open and closed only in slot_close), and the signal
  * flags; the pidfile, and what fepd tells the service manager (the socket
- * itself is sys.c's).  After start-up nothing is allocated or freed.
+ * itself is sys.c's); in test builds, the switch that puts every poll
+ * phase at 0.  After start-up nothing is allocated or freed.
  * Must not touch: protocol decisions (session.c), file formats (store.c,
  * state.c).
  *
@@ -42,6 +43,15 @@
 #define POLL_NEVER INT64_MAX
 
 static volatile sig_atomic_t signal_stop, signal_hup, signal_usr1;
+
+#ifdef FEP_FAULT
+/* Test builds: with $FEP_TEST_POLL_AT_START set, every DCU's poll phase is
+ * 0 (all polled at start-up, then every poll_every), so that the tests of
+ * other things get their poll cycle at once, not spread over poll_every. */
+static int poll_phases_zero;
+#else
+#define poll_phases_zero 0
+#endif
 
 static void on_signal(int sig)
 {
@@ -164,11 +174,14 @@ static session *slot_open(fepd *d, enum slot_kind kind, int fd,
     return s;
 }
 
+static void poll_ended(fepd *d, unsigned i, int ok, int64_t now);
+
 static void slot_close(fepd *d, session *s, int64_t now)
 {
-    (void)now;
     if (s->dcu >= 0)
         d->state.dcus[s->dcu].slot_refs--;
+    if (s->kind == KIND_POLL && s->dcu >= 0)
+        poll_ended(d, (unsigned)s->dcu, s->result == FEP_OK, now);
     sys_close(s->fd);
     s->fd = -1;
     /* The key material does not outlive the session. */
@@ -370,6 +383,7 @@ static void start_poll(fepd *d, int i, int64_t now)
         log_msg(LOG_WARN, "poll %s: connect to %s: %s", dc->id, addr,
                 strerror(errno));
         sess_result(d, i, KIND_POLL, FEP_ERR_CONNECT);
+        poll_ended(d, (unsigned)i, 0, now);
         return;
     }
     s = SLOT_OPEN(d, KIND_POLL, fd, &dc->addr, now);
@@ -382,6 +396,104 @@ static void start_poll(fepd *d, int i, int64_t now)
         sess_poll_connected(d, s);
         slot_flush(d, s, now);
     }
+}
+
+/*
+ * When each DCU is polled.  A DCU has a phase: its first poll comes
+ * fnv1a64(ID) mod poll_every after start-up, and its cycles follow every
+ * poll_every at that phase, however late a cycle started or long it took
+ * (a cycle missed whole is skipped, not caught up).  So the polls of
+ * thousands of DCUs are spread evenly over the period, the same way at
+ * every start, instead of falling due together.  A failed cycle is retried
+ * before its next phase: after poll_every/16, doubling with each failure
+ * in a row up to poll_every, each delay drawn between its half and its
+ * whole by a hash of the DCU and the failure count, so that DCUs that
+ * failed together (a network outage) come back spread out, not in
+ * lockstep.  A success ends the back-off.  The scheduler wakes only at
+ * multiples of poll_every/1024 (1 ms to 1 s), so a large table is scanned
+ * at most that often, however many DCUs fall due.  --once polls every DCU
+ * at once.
+ */
+static uint64_t dcu_hash(const fepd *d, unsigned i)
+{
+    const char *id = d->cfg.dcus[i].id;
+
+    return fnv1a64(id, strlen(id));
+}
+
+/* DCU i's first phase point after t. */
+static int64_t poll_phase_after(const fepd *d, unsigned i, int64_t t)
+{
+    int64_t every = d->cfg.poll_every_ms;
+    int64_t first = d->poll_epoch_ms + (poll_phases_zero ? 0 :
+                    (int64_t)(dcu_hash(d, i) % (uint64_t)every));
+
+    return t < first ? first : first + ((t - first) / every + 1) * every;
+}
+
+/* A 64-bit finalizer (MurmurHash3's fmix64): every input bit moves every
+ * output bit, so that consecutive failure counts give unrelated jitters. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+}
+
+/* The wait before retrying DCU i after `failures` failed cycles in a row. */
+static int64_t poll_retry_delay(const fepd *d, unsigned i, unsigned failures)
+{
+    int64_t every = d->cfg.poll_every_ms, backoff = every / 16;
+    unsigned k;
+
+    if (backoff < 1)
+        backoff = 1;
+    for (k = 1; k < failures && backoff < every; k++)
+        backoff *= 2;
+    if (backoff > every)
+        backoff = every;
+    return backoff - backoff / 2 +
+           (int64_t)(mix64(dcu_hash(d, i) ^ failures) %
+                     (uint64_t)(backoff / 2 + 1));
+}
+
+/* t rounded up to the scheduler's next wake-up. */
+static int64_t poll_tick_ceil(const fepd *d, int64_t t)
+{
+    int64_t tick = d->cfg.poll_every_ms / 1024, from;
+
+    tick = tick < 1 ? 1 : tick > 1000 ? 1000 : tick;
+    if (t == POLL_NEVER || t <= d->poll_epoch_ms)
+        return t;
+    from = t - d->poll_epoch_ms;
+    return d->poll_epoch_ms + (from + tick - 1) / tick * tick;
+}
+
+/* A poll of DCU i ended: a failure brings its next poll forward. */
+static void poll_ended(fepd *d, unsigned i, int ok, int64_t now)
+{
+    dcu_state *ds = &d->state.dcus[i];
+    int64_t retry;
+
+    if (d->once)
+        return;
+    if (ok) {
+        ds->poll_failures = 0;
+        return;
+    }
+    if (ds->poll_failures < UINT8_MAX)
+        ds->poll_failures++;
+    retry = now + poll_retry_delay(d, i, ds->poll_failures);
+    if (retry >= ds->next_poll_ms)
+        return;
+    ds->next_poll_ms = retry;
+    log_msg(LOG_DEBUG, "poll %s: failure %u in a row, retry in %lld ms",
+            d->cfg.dcus[i].id, ds->poll_failures, (long long)(retry - now));
+    retry = poll_tick_ceil(d, retry);
+    if (retry < d->next_due_ms)
+        d->next_due_ms = retry;
 }
 
 /*
@@ -427,7 +539,8 @@ static void schedule_polls(fepd *d, int64_t now)
             d->poll_waiting = 1;
             break;                      /* resume here when a session ends */
         } else {
-            ds->next_poll_ms = d->once ? POLL_NEVER : now + d->cfg.poll_every_ms;
+            ds->next_poll_ms = d->once ? POLL_NEVER
+                                       : poll_phase_after(d, i, now);
             if (ds->next_poll_ms < next_due)
                 next_due = ds->next_poll_ms;
             start_poll(d, (int)i, now);
@@ -436,7 +549,7 @@ static void schedule_polls(fepd *d, int64_t now)
     }
     /* After a break at the limit next_due covers only part of the table;
      * the close that ends the wait rescans it all. */
-    d->next_due_ms = next_due;
+    d->next_due_ms = poll_tick_ceil(d, next_due);
 }
 
 /* ------------------------------------------------------------------------
@@ -835,8 +948,9 @@ static void reload_apply_one(fepd *d, int live, int staged, void *arg)
     } else {
         *a = d->staged.dcus[staged];
     }
-    if (fresh)
-        d->state.dcus[i].next_poll_ms = 0;  /* due now */
+    if (fresh)                          /* at its phase, as at start-up */
+        d->state.dcus[i].next_poll_ms = poll_phase_after(d, (unsigned)i,
+                                                         sys_now_ms());
 }
 
 /* 0 and the counts, or -1 with err when the tables cannot take it. */
@@ -861,6 +975,10 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
         return -1;
     dcus_merge(d, reload_apply_one, &scan);
     config_index(&d->cfg);
+    if (d->staged.n_other > 0)
+        memcpy(d->cfg.other_sids, d->staged.other_sids,
+               (size_t)d->staged.n_other * FRAME_ID_SIZE);
+    d->cfg.n_other = d->staged.n_other;
     config_reload_directives(&d->cfg, &d->staged);
     d->store.sync_packet = d->cfg.sync_packet;
     if (d->cfg.rotate_s != d->store.rotate_s &&
@@ -1031,7 +1149,8 @@ static size_t static_memory(const fepd *d)
     const fep_state *st = &d->state;
 
     return sizeof *d + d->n_slots * sizeof(session) +
-           2 * (size_t)c->dcus_cap * (sizeof(dcu_conf) + sizeof(unsigned)) +
+           2 * (size_t)c->dcus_cap * (sizeof(dcu_conf) + sizeof(unsigned) +
+                                     FRAME_ID_SIZE) +
            st->dcus_cap * (sizeof(dcu_state) + sizeof(unsigned)) +
            st->keys_cap * sizeof(key_state) +
            st->marks_cap * sizeof(rx_mark) +
@@ -1093,11 +1212,18 @@ static int start(fepd *d)
     }
     if (start_listeners(d) != 0)
         return 3;
+    d->poll_epoch_ms = sys_now_ms();
     for (i = 0; i < d->cfg.n_dcus; i++) {
         d->state.dcus[i].next_qsn = 1;
+        d->state.dcus[i].next_poll_ms =
+            d->once ? 0 : poll_phase_after(d, i, d->poll_epoch_ms - 1);
         if (d->cfg.dcus[i].has_addr)
             d->once_pending++;
     }
+    if (d->cfg.shards > 1)
+        log_msg(LOG_INFO, "shard %u/%u: %u of the file's %u DCUs",
+                d->cfg.shard, d->cfg.shards, d->cfg.n_dcus,
+                d->cfg.n_dcus + d->cfg.n_other);
     d->static_memory_bytes = static_memory(d);
     log_msg(LOG_INFO, "fepd " FEP_VERSION " %s: %u DCUs, %u slots (%zu bytes "
             "each), static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
@@ -1243,8 +1369,14 @@ static int check_start(fepd *d, const char *config_path)
                        "listening for push sessions") != 0 ||
         check_listener(d->cfg.has_metrics, &d->cfg.metrics, "metrics") != 0)
         return 3;
-    printf("%s: ok (%u DCUs, static memory %zu bytes)\n", config_path,
-           d->cfg.n_dcus, d->static_memory_bytes);
+    if (d->cfg.shards > 1)
+        printf("%s: ok (%u DCUs, shard %u/%u: %u DCUs, static memory %zu "
+               "bytes)\n", config_path, d->cfg.n_dcus + d->cfg.n_other,
+               d->cfg.shard, d->cfg.shards, d->cfg.n_dcus,
+               d->static_memory_bytes);
+    else
+        printf("%s: ok (%u DCUs, static memory %zu bytes)\n", config_path,
+               d->cfg.n_dcus, d->static_memory_bytes);
     return 0;
 }
 
@@ -1294,13 +1426,16 @@ static int once_summary(const fepd *d)
 
 static void usage(FILE *out)
 {
-    fputs("usage: fepd -c FILE [--once | --check] [--fresh-state] [-v | -q]\n"
+    fputs("usage: fepd -c FILE [--once | --check] [--shard I/N] [--fresh-state] "
+          "[-v | -q]\n"
           "       fepd -V | --version\n"
-          "  -c FILE    the config file (see README)\n"
+          "  -c FILE    the config file (see fepd.conf(5))\n"
           "  --once     one poll cycle of every DCU that has an address, then exit\n"
           "             (exit 1 when a cycle failed)\n"
           "  --check    check what start-up checks (the file, data_dir,\n"
           "             state_dir, the state, the ports, the pidfile), then exit\n"
+          "  --shard I/N  run shard I (0-based) of N (1..4096): only the DCUs\n"
+          "             the shard owns; {shard} in the file is I, ports + I\n"
           "  --fresh-state  start on a new state although the old one is\n"
           "             lost or damaged: every keyed DCU needs a new key first\n"
           "  -v         more logging: every frame in hex\n"
@@ -1313,16 +1448,44 @@ static void usage(FILE *out)
           out);
 }
 
+/* "I/N": decimal, 0 <= I < N <= SHARDS_MAX.  0, or -1. */
+static int parse_shard(const char *text, unsigned *shard, unsigned *shards)
+{
+    unsigned long v[2] = { 0, 0 };
+    unsigned k = 0;
+    size_t digits = 0;
+
+    for (; *text; text++) {
+        if (*text == '/' && k == 0 && digits > 0) {
+            k = 1;
+            digits = 0;
+        } else if (*text >= '0' && *text <= '9' && digits < 5) {
+            v[k] = v[k] * 10 + (unsigned long)(*text - '0');
+            digits++;
+        } else {
+            return -1;
+        }
+    }
+    if (k != 1 || digits == 0 || v[1] == 0 || v[1] > SHARDS_MAX || v[0] >= v[1])
+        return -1;
+    *shard = (unsigned)v[0];
+    *shards = (unsigned)v[1];
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static fepd daemon;                 /* large (CSV buffers): not on the stack */
     fepd *d = &daemon;
-    const char *config_path = NULL;
-
+    const char *config_path = NULL, *shard_text = NULL;
     int check = 0, level = LOG_INFO, i, rc;
+    unsigned shard = 0, shards = 1;
     char err[512];
 
     log_set_name("fepd");
+#ifdef FEP_FAULT
+    poll_phases_zero = getenv("FEP_TEST_POLL_AT_START") != NULL;
+#endif
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             config_path = argv[++i];
@@ -1330,6 +1493,14 @@ int main(int argc, char **argv)
             d->once = 1;
         } else if (strcmp(argv[i], "--check") == 0) {
             check = 1;
+        } else if (strcmp(argv[i], "--shard") == 0 && i + 1 < argc) {
+            shard_text = argv[++i];
+            if (parse_shard(shard_text, &shard, &shards) != 0) {
+                fprintf(stderr, "fepd: --shard '%s': expected I/N with N in "
+                        "1..%d and I in 0..N-1\n", shard_text, SHARDS_MAX);
+                usage(stderr);
+                return 2;
+            }
         } else if (strcmp(argv[i], "--fresh-state") == 0) {
             d->fresh_state = 1;
         } else if (strcmp(argv[i], "-v") == 0) {
@@ -1357,7 +1528,8 @@ int main(int argc, char **argv)
     }
     log_set_level(level > LOG_DEBUG ? LOG_DEBUG : level);
     d->config_path = config_path;
-    if (config_load(config_path, &d->cfg, err, sizeof err) != 0) {
+    if (config_load_shard(config_path, shard, shards, &d->cfg, err,
+                          sizeof err) != 0) {
         fprintf(stderr, "fepd: %s\n", err);
         return 2;
     }

@@ -198,6 +198,25 @@ static inline uint64_t fnv1a64(const void *p, size_t n)
     return h;
 }
 
+/* The jump consistent hash of Lamping and Veach (2014): a bucket in
+ * 0..buckets-1 (buckets 1..2^31-1) such that going from N to N+1 buckets
+ * moves only about 1/(N+1) of the keys, all of them to the new bucket.
+ * The shard of a DCU is jump_hash(fnv1a64(ID), N) (DESIGN.md section 3). */
+static inline uint32_t jump_hash(uint64_t key, uint32_t buckets)
+{
+    int64_t b = -1, j = 0;
+
+    while (j < (int64_t)buckets) {
+        b = j;
+        key = key * 2862933555777941757ULL + 1;
+        /* (b + 1) * 2^31 / ((key >> 33) + 1) in double, as the reference:
+         * at most 2^62, so the conversion back cannot overflow. */
+        j = (int64_t)((double)(b + 1) *
+                      ((double)(1LL << 31) / (double)((key >> 33) + 1)));
+    }
+    return (uint32_t)b;
+}
+
 /* ------------------------------------------------------------------------
  * crypto.c -- AES-128 (encryption direction), GHASH, AES-128-GCM,
  * CRC-16/X-25 and the header XOR check.  No allocation; caller-owned
@@ -536,6 +555,7 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define METRICS_REQUEST_MAX 1024        /* a request line and headers */
 #define DCUS_MAX 1000000                /* max_dcus: about 300 bytes each */
 #define DCUS_SPARE 1024                 /* max_dcus default: the file's DCUs + this */
+#define SHARDS_MAX 4096                 /* --shard I/N: N at most this */
 
 FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_holds_two_frames);
 FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, tx_holds_ack_and_request);
@@ -585,6 +605,13 @@ typedef struct fep_config {
     unsigned n_live;                    /* DCUs configured now */
     unsigned dcus_cap;
     unsigned lines[CONFIG_DIRECTIVES_MAX]; /* where each directive was given, 0 not */
+    /* --shard I/N: dcus holds this shard's DCUs only (the table keeps its
+     * capacity); the other shards' padded SIDs, sorted, FRAME_ID_SIZE bytes
+     * each (dcus_cap room), tell their pushes apart from unknown SIDs. */
+    unsigned shard, shards;             /* 0 and 1 when not sharded */
+    uint8_t *other_sids;
+    unsigned n_other;
+    char state_dir_pattern[PATH_SIZE];  /* state_dir as written when it has {shard}, else "" */
 } fep_config;
 
 /* Reads and checks the whole file; allocates the DCU arrays once, with room
@@ -608,6 +635,19 @@ void config_reload_directives(fep_config *live, const fep_config *staged);
 /* The directives the loader knows, one per i from 0 ("dcu" among them), then
  * NULL: what fepd.conf(5) must list, no more and no less. */
 const char *config_directive_name(unsigned i);
+/* The same for shard `shard` of `shards` (DESIGN.md section 3): {shard}
+ * replaced, ports moved, the shard rules checked, the other shards' DCUs
+ * taken out of the table.  config_load is shard 0 of 1. */
+int config_load_shard(const char *path, unsigned shard, unsigned shards,
+                      fep_config *cfg, char *err, size_t errlen);
+/* The shard of DCU id among shards. */
+unsigned config_shard_of(const char *id, unsigned shards);
+/* The shard of sid when it is another shard's DCU, or -1. */
+int config_other_shard(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
+/* pattern with every {shard} replaced by shard, into out[cap]; 0, or -1
+ * when it does not fit. */
+int config_shard_expand(const char *pattern, unsigned shard, char *out,
+                        size_t cap);
 /* Index of the DCU whose SID is sid, or -1. */
 int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
 void config_release(fep_config *cfg);
@@ -719,6 +759,7 @@ typedef struct dcu_state {
     uint8_t changed;                    /* lines not yet written (state_touch) */
     int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
     uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
+    uint8_t poll_failures;              /* poll cycles failed in a row (back-off) */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
     uint64_t sessions_ok;
@@ -920,6 +961,7 @@ typedef struct fepd {
     unsigned kind_in_use[4];            /* slots in use, by slot_kind */
     unsigned poll_cursor;               /* where the scheduler's next scan starts */
     int64_t next_due_ms;                /* no DCU is due before this */
+    int64_t poll_epoch_ms;              /* start-up: the origin of every DCU's poll phase */
     int poll_waiting;                   /* a due poll waits for a session to end */
     unsigned once_pending;              /* --once: poll cycles not yet finished */
     unsigned closed_this_pass;          /* sessions closed in this loop pass */

@@ -88,7 +88,7 @@ static const struct family {
       "Connections closed at once because no slot was free." },
     { "fep_descriptors_open", "gauge",
       "Descriptors open through the system layer." },
-    { "fep_dcus_configured", "gauge", "DCUs in the config in use." },
+    { "fep_dcus_configured", "gauge", "DCUs this fepd (shard) serves." },
     { "fep_dcus_capacity", "gauge",
       "DCUs the table holds (max_dcus): a reload may add up to it." },
     { "fep_config_reloads_total", "counter",

@@ -130,11 +130,16 @@ static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
 {
     uint8_t payload[NACK_SIZE];
     char name[FRAME_ID_SIZE + 1];
+    int shard = code == FEP_ERR_UNKNOWN && s->dcu < 0
+                    ? config_other_shard(&d->cfg, f->sid) : -1;
 
     if (code == FEP_ERR_CRC)
         log_msg(LOG_WARN, "%s %s: NACK crc (CRC mismatch, strike %u of %d)",
                 kind_name(s), peer_name(d, s, name), s->crc_strikes,
                 CRC_STRIKES_MAX);
+    else if (shard >= 0)
+        log_msg(LOG_WARN, "%s %s: NACK unknown (DCU of shard %d of %u)",
+                kind_name(s), peer_name(d, s, name), shard, d->cfg.shards);
     else
         log_msg(LOG_WARN, "%s %s: NACK %s (%s)", kind_name(s),
                 peer_name(d, s, name), fep_nack_name(code), fep_strerror(code));

@@ -58,6 +58,17 @@
  * The witness cannot see marks lost by a journal cut by hand between two
  * reservations; fepd(8) says so.
  *
+ * Shards (DESIGN.md section 3).  Each shard has its own state_dir and its
+ * own SID (fep_id holds {shard}), so no (key, IV) pair is used twice when
+ * N changes: the IV holds the sender's SID, a shard's ICs under a key go on
+ * from its own reservations whichever DCUs it serves now, and a DCU that
+ * moves is answered under another SID.  What a move could lose is a replay
+ * mark: at start-up, before its first snapshot, a shard takes for each of
+ * its DCUs the highest mark under each key that any other shard's state
+ * holds (state_adopt_marks), retired shards' directories included, so they
+ * must be kept.  The other shards' tx lines and statistics are not taken:
+ * their ICs run under their own SIDs.
+ *
  * A save costs what changed, not what is configured: state_touch lists a
  * DCU whose statistics changed, state_mark_raise a mark; state_save
  * appends their lines.
@@ -103,6 +114,11 @@
     "GCM IVs and accept replayed frames. Restore the right state_dir, or, " \
     "if it is lost for good, give every keyed DCU a new key and start " \
     "once with --fresh-state (see fepd(8), STATE)"
+
+#define ADOPT_ADVICE "another shard's state, which holds replay marks of " \
+    "this shard's DCUs: restore it, or, if it is lost for good, give the " \
+    "keyed DCUs it served new keys and move the directory away (see " \
+    "fepd(8), SHARDS)"
 
 FEP_STATIC_ASSERT(STATE_BUF_SIZE >= 2 * LINE_ROOM, state_buf_holds_lines);
 
@@ -841,6 +857,9 @@ typedef struct state_loader {
     fep_state *st;
     const char *path;                   /* of the file being read, for messages */
     int journal;                        /* reading the journal, not the snapshot */
+    int adopt;                          /* another shard's file: its rx lines of our DCUs only */
+    int full;                           /* adopt: the tables could not take a mark */
+    unsigned raised;                    /* adopt: marks it raised */
     int v1;                             /* a version 1 file: no header, no end */
     int headed;                         /* the header line was read */
     int ended;                          /* the end line was read (snapshot) */
@@ -943,6 +962,30 @@ static const char *load_tx(state_loader *l, char **f, unsigned n)
     return NULL;
 }
 
+/* Another shard's mark of one of our DCUs: the higher one is kept.  Its
+ * key may be new here: it joins the keys (IC 1, nothing reserved: this
+ * shard never sent under it). */
+static const char *adopt_rx(state_loader *l, const uint8_t sid[FRAME_ID_SIZE],
+                            const uint8_t kcv[STATE_KCV_SIZE], uint32_t last)
+{
+    int k, m;
+
+    if (config_find_dcu(l->st->cfg, sid) < 0)
+        return NULL;                    /* not ours */
+    k = key_get(l->st, kcv);
+    m = k < 0 ? -1 : mark_get(l->st, sid, (uint32_t)k);
+    if (m < 0) {
+        l->full = 1;
+        return "rx: more keys or marks than the state can hold (2 x "
+               "max_dcus): raise max_dcus";
+    }
+    if (last > l->st->marks[m].last_ic) {
+        l->st->marks[m].last_ic = last;
+        l->raised++;
+    }
+    return NULL;
+}
+
 static const char *load_rx(state_loader *l, char **f, unsigned n)
 {
     uint8_t kcv[STATE_KCV_SIZE], sid[FRAME_ID_SIZE];
@@ -958,6 +1001,8 @@ static const char *load_rx(state_loader *l, char **f, unsigned n)
         return "rx: KCV is not 16 hex digits";
     if (parse_u64(f[3], IC_NONE, &last) != 0)
         return "rx: LAST_IC is not a number 0..4294967295";
+    if (l->adopt)
+        return adopt_rx(l, sid, kcv, (uint32_t)last);
     slot = key_slot(l->st, kcv);
     if (*slot == 0)
         return "rx: a key with no tx line (lines are missing)";
@@ -1022,8 +1067,10 @@ static const char *load_header(state_loader *l, char **f, unsigned n)
     }
     l->headed = 1;
     /* st->generation is the snapshot's, read first: an older journal's
-     * lines are not applied (load_journal says why). */
-    l->stale = l->journal && l->generation < l->st->generation;
+     * lines are not applied (load_journal says why).  Another shard's
+     * journal is read before its own snapshot: all of it counts. */
+    l->stale = l->journal && !l->adopt &&
+               l->generation < l->st->generation;
     return NULL;
 }
 
@@ -1069,12 +1116,14 @@ static const char *load_line(state_loader *l, char *line)
         return NULL;
     if (strcmp(f[0], "end") == 0)
         return load_end(l, f, n);
+    /* Another shard's ICs are its own (its SID is not ours), and so are
+     * its statistics: adopting, only rx lines count. */
     if (strcmp(f[0], "tx") == 0)
-        problem = load_tx(l, f, n);
+        problem = l->adopt ? NULL : load_tx(l, f, n);
     else if (strcmp(f[0], "rx") == 0)
         problem = load_rx(l, f, n);
     else if (strcmp(f[0], "dcu") == 0)
-        problem = load_dcu(l, f, n);
+        problem = l->adopt ? NULL : load_dcu(l, f, n);
     else
         problem = "unknown record (expected tx, rx, dcu or end)";
     l->records += problem == NULL;
@@ -1188,8 +1237,8 @@ static int load_file(state_loader *l, int fd, char *err, size_t errlen)
         problem = "no end line: the file is truncated";
     if (problem == NULL)
         return 0;
-    snprintf(err, errlen, "%s:%u: %s; %s", l->path, l->lineno, problem,
-             REFUSE_ADVICE);
+    snprintf(err, errlen, "%s:%u: %s%s%s", l->path, l->lineno, problem,
+             l->adopt ? "" : "; ", l->adopt ? "" : REFUSE_ADVICE);
     return -1;
 }
 
@@ -1384,6 +1433,87 @@ static int state_set_aside(const fep_state *st, char *err, size_t errlen)
 }
 
 /* ------------------------------------------------------------------------
+ * Resharding: the replay marks of our DCUs in the other shards' states
+ * ---------------------------------------------------------------------- */
+
+/* One file of another shard: 0 (read, or not there), or -1 with err. */
+static int adopt_file(fep_state *st, const char *path, int journal,
+                      unsigned *raised, int *full, char *err, size_t errlen)
+{
+    state_loader l;
+    int fd = open_existing(path, err, errlen), rc;
+
+    if (fd == -1)
+        return 0;
+    if (fd == -2)
+        return -1;
+    loader_init(&l, st, path, journal);
+    l.adopt = 1;
+    rc = load_file(&l, fd, err, errlen);
+    *raised += l.raised;
+    *full = l.full;
+    return rc;
+}
+
+/*
+ * Takes, for each of this shard's DCUs, the highest mark under each key
+ * that any other shard's state holds: the state_dir pattern with {shard}
+ * replaced by every other number up to SHARDS_MAX whose directory exists
+ * (retired shards included: after N shrinks, their DCUs' marks are there).
+ * The journal is read before the snapshot beside it, so that a compaction
+ * under way there (snapshot renamed in, then the journal emptied) cannot
+ * hide a value: whatever the journal no longer holds, the newer snapshot
+ * does.  A journal that reads badly is passed over (a compaction cut it
+ * under the reader) with a warning; a snapshot that does (written whole,
+ * atomically: it is damaged) refuses the start unless `lenient`
+ * (--fresh-state), as does a state that cannot hold the marks.
+ */
+static int state_adopt_marks(fep_state *st, const char *pattern,
+                             unsigned self, int lenient, char *err,
+                             size_t errlen)
+{
+    char dir[PATH_SIZE], snapshot[PATH_SIZE], journal[PATH_SIZE];
+    unsigned j, dirs = 0, raised = 0;
+    struct stat sb;
+    int full = 0;
+
+    for (j = 0; j < SHARDS_MAX; j++) {
+        if (j == self || config_shard_expand(pattern, j, dir, sizeof dir) != 0 ||
+            stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        if (snprintf(snapshot, sizeof snapshot, "%s/" STATE_NAME, dir) >=
+                (int)sizeof snapshot ||
+            snprintf(journal, sizeof journal, "%s/" JOURNAL_NAME, dir) >=
+                (int)sizeof journal)
+            continue;
+        dirs++;
+        if (adopt_file(st, journal, 1, &raised, &full, err, errlen) != 0) {
+            if (full)
+                return -1;
+            log_msg(LOG_WARN, "%s (cut by a compaction while it was "
+                    "read?): the lines before it count, and the snapshot "
+                    "beside it is read next", err);
+        }
+        if (adopt_file(st, snapshot, 0, &raised, &full, err, errlen) != 0) {
+            size_t n = strlen(err);
+
+            if (full)
+                return -1;
+            if (!lenient) {
+                snprintf(err + n, errlen - n, "; %s", ADOPT_ADVICE);
+                return -1;
+            }
+            log_msg(LOG_WARN, "%s (--fresh-state: passed over)", err);
+        }
+    }
+    if (dirs > 0)
+        log_msg(LOG_INFO, "%u other shard state directories read: %u of "
+                "their rx lines raised a replay mark of this shard's DCUs",
+                dirs, raised);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
  * Open and release
  * ---------------------------------------------------------------------- */
 
@@ -1541,6 +1671,10 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
     if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
         goto fail;
     if (!how->fresh && state_load(st, how, err, errlen) != 0)
+        goto fail;
+    if (cfg->state_dir_pattern[0] != '\0' &&
+        state_adopt_marks(st, cfg->state_dir_pattern, cfg->shard, how->fresh,
+                          err, errlen) != 0)
         goto fail;
     if (state_attach(st, cfg, err, errlen) != 0)
         goto fail;

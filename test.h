@@ -109,5 +109,6 @@ void test_fault_suite(void);
 void test_trust_suite(void);
 void test_docs_suite(void);
 void test_daemon_suite(void);
+void test_shard_suite(void);
 
 #endif /* TEST_H */
