@@ -277,24 +277,29 @@ frame_result frame_scan(const uint8_t *buf, size_t len, frame *f,
                         size_t *consumed, size_t *skipped);
 
 /*
- * The receive side of a connection: a fixed buffer of twice the largest
- * frame, so that after compaction there is always room for a whole frame.
+ * The receive side of a connection: a fixed buffer of one largest frame.
+ * That is enough because the caller takes frames until FRAME_NEED_MORE
+ * before it reads again: what is then held is a partial frame, fewer bytes
+ * than the largest, and frame_rx_space moves it to the front, so the room
+ * offered always completes it (stop-and-wait: one frame is in flight).
  * Owns its buffer; frames returned by frame_rx_next point into it and stay
  * valid until the next call to frame_rx_space or frame_rx_next.
  */
-#define RX_BUF_SIZE (2 * FRAME_SIZE_MAX)                    /* 4096 bytes */
+#define RX_BUF_SIZE FRAME_SIZE_MAX                          /* 2048 bytes */
 typedef struct frame_rx {
     uint8_t buf[RX_BUF_SIZE];
-    size_t start;                       /* first byte not yet consumed */
-    size_t end;                         /* one past the last byte received */
-    size_t pending;                     /* bytes to consume at the next call */
+    uint16_t start;                     /* first byte not yet consumed */
+    uint16_t end;                       /* one past the last byte received */
+    uint16_t pending;                   /* bytes to consume at the next call */
     uint32_t garbage;                   /* garbage bytes seen on this connection */
-} frame_rx;
+} frame_rx;                             /* 2060 bytes */
 
 void frame_rx_reset(frame_rx *rx);
-/* Where the next read goes, and how much fits there: at least FRAME_SIZE_MAX
- * once the caller has taken frames until FRAME_NEED_MORE; 0 when whole frames
- * are left untaken. */
+/* Where the next read goes, and how much fits there.  Once the caller has
+ * taken frames until FRAME_NEED_MORE, the bytes held (a partial frame) are
+ * at the front and held + room >= FRAME_SIZE_MAX: room for the rest of any
+ * frame, and never 0.  A caller that leaves whole frames untaken can be
+ * offered less, down to 0 when the buffer is full. */
 uint8_t *frame_rx_space(frame_rx *rx, size_t *room);
 void frame_rx_commit(frame_rx *rx, size_t n);
 /* The next frame or condition, as frame_scan; garbage is added to rx->garbage. */
@@ -486,10 +491,15 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define PATH_SIZE 256                   /* data_dir, state_dir and file names */
 #define LISTEN_BACKLOG SOMAXCONN       /* a burst of pushes waits in the kernel, not refused */
 #define FD_RESERVED 32                  /* stdio, listeners, CSV and state files */
-#define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED)
+#define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED) /* max_sessions: a slot each */
 #define REJECT_SLOTS 8                  /* extra slots that only answer NACK BUSY */
 #define METRICS_SLOTS 4                 /* concurrent GET /metrics connections */
-#define TX_BUF_SIZE (2 * FRAME_SIZE_MAX) /* 4096 bytes a slot: an ACK and the next request */
+#define SLOT_BYTES_MAX 2560             /* a slot (struct session): 2 KiB receive,
+                                           112 B transmit, the GCM key, state */
+/* The largest frame fepd sends: a keyed k request (30 + 16 + 8 + 2 = 56
+ * bytes); a keyed ACK is 48, a keyed NACK 49, plaintext ones 16 less. */
+#define TX_FRAME_MAX (FRAME_HEADER_SIZE + SEC_OVERHEAD + LP_REQ_SIZE + FRAME_CRC_SIZE)
+#define TX_BUF_SIZE (2 * TX_FRAME_MAX)  /* 112 bytes a slot: an ACK and the next request */
 #define STORE_BUF_SIZE (64 * 1024)      /* a CSV file's rows of one loop pass, 64 KiB each */
 #define IC_RESERVE_BLOCK 65536          /* ICs reserved on disk ahead of use */
 #define CSV_ROW_MAX 192                 /* longest row of any file, quoting included */
@@ -497,8 +507,12 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define DCUS_MAX 1000000                /* max_dcus: about 300 bytes each */
 #define DCUS_SPARE 1024                 /* max_dcus default: the file's DCUs + this */
 
-FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_holds_two_frames);
-FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, tx_holds_ack_and_request);
+FEP_STATIC_ASSERT(RX_BUF_SIZE >= FRAME_SIZE_MAX, rx_holds_one_frame);
+/* No payload fepd sends (a request, an ACK, a NACK) is longer than k's. */
+FEP_STATIC_ASSERT(NACK_SIZE <= LP_REQ_SIZE, tx_largest_payload_is_lp_req);
+FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * TX_FRAME_MAX, tx_holds_ack_and_request);
+FEP_STATIC_ASSERT(TX_BUF_SIZE <= UINT16_MAX && RX_BUF_SIZE <= UINT16_MAX,
+                  slot_offsets_16_bits);
 FEP_STATIC_ASSERT(SESSIONS_MAX + REJECT_SLOTS + METRICS_SLOTS < FD_SETSIZE - 8,
                   slots_fit_select);
 FEP_STATIC_ASSERT(STORE_BUF_SIZE >= LP_RECORDS_MAX_PLAIN * CSV_ROW_MAX,
@@ -768,55 +782,65 @@ enum slot_wait {
  * opened by fep.c slot_open and closed by fep.c slot_close, the only two
  * places that touch fd; between them session.c decides what is read and
  * written.  rx and tx are reset by slot_open, never freed.
+ *
+ * Buffers.  A poll, push or reject slot reads frames into rx (one largest
+ * frame: stop-and-wait) and queues its own frames in tx, which holds the
+ * most one pass queues, an ACK and the next request (TX_BUF_SIZE).  A
+ * metrics slot reads its HTTP request into rx.buf; once the request is
+ * parsed those bytes are not needed again, and the response is rendered
+ * into rx.buf, a chunk at a time.  So what a slot writes is
+ * out[tx_off..tx_len) with out = tx for a session and out = rx.buf for a
+ * metrics slot (fep.c slot_out); tx_len and tx_off count in that buffer.
  */
 typedef struct session {
-    enum slot_state state;
-    enum slot_kind kind;
-    enum slot_wait wait;
-    uint32_t gen;                       /* +1 at every open: stale references fail */
-    int fd;
-    int dcu;                            /* bound DCU index, or -1 */
-    sys_addr peer;
-    const char *opened_at;              /* "file:line" of the open, for the ledger */
+    frame_rx rx;                        /* receive side; a metrics response */
+    uint8_t tx[TX_BUF_SIZE];            /* frames of a poll, push or reject slot */
+    gcm_key key;                        /* of the DCU we talk to, when keyed */
     int64_t opened_ms;
     int64_t session_deadline_ms;        /* timeout_session */
     int64_t io_deadline_ms;             /* what wait names */
-    int64_t write_deadline_ms;          /* 0 while tx is empty; timeout_write */
-    fep_err result;                     /* first error; FEP_OK: success */
-    /* receive side */
-    frame_rx rx;
-    uint32_t garbage_counted;           /* part of rx.garbage already in stats */
-    /* transmit side: tx[tx_off..tx_len) is still to be written */
-    uint8_t tx[TX_BUF_SIZE];
-    size_t tx_len, tx_off;
-    int shut_wr;                        /* DRAINING: our side already shut down */
-    uint16_t msn;                       /* our frame counter on this connection */
-    /* security: key of the DCU we talk to, set when it is known */
+    int64_t write_deadline_ms;          /* 0 while out is empty; timeout_write */
+    const char *opened_at;              /* "file:line" of the open, for the ledger */
+    sys_addr peer;
+    uint32_t gen;                       /* +1 at every open: stale references fail */
+    int fd;
+    int dcu;                            /* bound DCU index, or -1 */
     int key_index;                      /* into state.keys, or -1: plaintext */
     int mark_index;                     /* into state.marks, or -1: plaintext */
-    gcm_key key;
-    uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
-    /* the exchange */
-    char poll[POLL_CMDS_MAX + 1];       /* poll: the cycle's requests, as it began */
-    unsigned request;                   /* poll: index into poll */
-    uint8_t expect;                     /* poll: response command expected */
-    int exchange_open;                  /* poll: request sent; push: packet 0 seen */
-    uint16_t qsn;
-    uint16_t next_fsn;
-    int have_acked;                     /* acked_fsn is meaningful */
-    uint16_t acked_fsn;
-    unsigned crc_strikes;
+    uint32_t garbage_counted;           /* part of rx.garbage already in stats */
     uint32_t records;                   /* rows stored in this session */
-    unsigned failures;                  /* requests that ended without a reply */
-    int close_now;                      /* DRAINING: close without flushing or lingering */
-    int accounted;                      /* the exchange ended and was counted */
+    uint32_t metrics_cursor;            /* metrics: next line to render */
+    enum slot_state state;
+    enum slot_kind kind;
+    enum slot_wait wait;
+    fep_err result;                     /* first error; FEP_OK: success */
     /* SLOT_STORING: the frame whose effect awaits the pass's commit */
     enum sess_pending pending;
     uint16_t pending_fsn;
-    int pending_last;
-    int pending_rows;
-    uint32_t metrics_cursor;            /* metrics: next line to render */
+    int16_t pending_rows;               /* rows of one packet: at most 118 */
+    uint8_t pending_last;
+    /* transmit side: out[tx_off..tx_len) is still to be written */
+    uint16_t tx_len, tx_off;
+    uint16_t msn;                       /* our frame counter on this connection */
+    uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
+    /* the exchange */
+    char poll[POLL_CMDS_MAX + 1];       /* poll: the cycle's requests, as it began */
+    uint8_t request;                    /* poll: index into poll */
+    uint8_t expect;                     /* poll: response command expected */
+    uint8_t exchange_open;              /* poll: request sent; push: packet 0 seen;
+                                           metrics: the response is rendering */
+    uint16_t qsn;
+    uint16_t next_fsn;
+    uint16_t acked_fsn;
+    uint8_t have_acked;                 /* acked_fsn is meaningful */
+    uint8_t crc_strikes;                /* consecutive; CRC_STRIKES_MAX ends it */
+    uint8_t failures;                   /* requests that ended without a reply */
+    uint8_t shut_wr;                    /* DRAINING: our side already shut down */
+    uint8_t close_now;                  /* DRAINING: close without flushing or lingering */
+    uint8_t accounted;                  /* the exchange ended and was counted */
 } session;
+
+FEP_STATIC_ASSERT(sizeof(session) <= SLOT_BYTES_MAX, slot_size);
 
 typedef struct fep_stats {
     uint64_t sessions_total[2][2];      /* [KIND_POLL/KIND_PUSH][0 ok, 1 error] */

@@ -283,8 +283,10 @@ static void rx_compare(const uint8_t *buf, size_t len, size_t n_items,
             uint8_t *p = frame_rx_space(&rx, &room);
             uint32_t x = xorshift(&seed);
 
-            /* Every frame was taken: a whole frame must fit. */
-            FUZZ_CHECK(room >= FRAME_SIZE_MAX);
+            /* Every frame was taken: a partial frame is held at the
+             * front, and the room completes any frame. */
+            FUZZ_CHECK(p == rx.buf + frame_rx_held(&rx));
+            FUZZ_CHECK(room > 0 && frame_rx_held(&rx) + room >= FRAME_SIZE_MAX);
             want = (x & 3) == 0 ? room : 1 + (x >> 8) % 300;
             if (want > room)
                 want = room;
@@ -788,7 +790,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t room, n;
         uint8_t *p = frame_rx_space(&s->rx, &room);
 
-        FUZZ_CHECK(room >= FRAME_SIZE_MAX);
+        /* Every frame was taken (or the slot would not be ACTIVE): the
+         * room completes the partial frame held. */
+        FUZZ_CHECK(room > 0 && frame_rx_held(&s->rx) + room >= FRAME_SIZE_MAX);
         if (pos == len) {
             /* End of stream: what is held is taken, then the slot ends. */
             if (store_refuses)
