@@ -777,8 +777,8 @@ static void dcus_merge(fepd *d, void (*fn)(fepd *, int live, int staged,
 
     while (i < na || j < nb) {
         int c = i == na ? 1 : j == nb ? -1
-                : memcmp(a->dcus[a->by_sid[i]].sid, b->dcus[b->by_sid[j]].sid,
-                         FRAME_ID_SIZE);
+                : strncmp(a->dcus[a->by_sid[i]].id, b->dcus[b->by_sid[j]].id,
+                          FRAME_ID_SIZE);   /* SID order (config.c id_cmp) */
         fn(d, c <= 0 ? (int)a->by_sid[i] : -1, c >= 0 ? (int)b->by_sid[j] : -1,
            arg);
         i += c <= 0;
@@ -998,18 +998,17 @@ static void stop_listeners(fepd *d)
     d->listen_fd = d->metrics_fd = -1;
 }
 
-static size_t static_memory(const fepd *d)
+/* Everything allocated at start-up; *dcu_tables: the part that grows with
+ * max_dcus (the config's table and its reload twin, each with its SID
+ * index, and the state's tables). */
+static size_t static_memory(const fepd *d, size_t *dcu_tables)
 {
-    const fep_config *c = &d->cfg;
+    size_t state_dcus, state_all = state_memory(&d->state, &state_dcus);
 
-    const fep_state *st = &d->state;
-
+    *dcu_tables = 2 * (size_t)d->cfg.dcus_cap *
+                      (sizeof(dcu_conf) + sizeof(unsigned)) + state_dcus;
     return sizeof *d + d->n_slots * sizeof(session) +
-           2 * (size_t)c->dcus_cap * (sizeof(dcu_conf) + sizeof(unsigned)) +
-           st->dcus_cap * (sizeof(dcu_state) + sizeof(unsigned)) +
-           st->keys_cap * sizeof(key_state) +
-           st->marks_cap * sizeof(rx_mark) +
-           2 * (size_t)(st->index_mask + 1) * sizeof(uint32_t) + st->buf_cap;
+           (*dcu_tables - state_dcus) + state_all;
 }
 
 static void install_signals(void)
@@ -1032,6 +1031,7 @@ static int start(fepd *d)
 {
     char err[1024];
     state_start how;
+    size_t dcu_tables;
     unsigned i;
 
     /* finish() closes the listeners and the store whatever step failed,
@@ -1070,10 +1070,12 @@ static int start(fepd *d)
         if (d->cfg.dcus[i].has_addr)
             d->once_pending++;
     }
-    d->static_memory_bytes = static_memory(d);
-    log_msg(LOG_INFO, "fepd %s: %u DCUs, %u slots (%zu bytes each), "
-            "static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
-            d->n_slots, sizeof(session), d->static_memory_bytes);
+    d->static_memory_bytes = static_memory(d, &dcu_tables);
+    log_msg(LOG_INFO, "fepd %s: %u DCUs, %u slots (%zu bytes each), room "
+            "for %u DCUs (%zu bytes each), static memory %zu bytes",
+            d->cfg.fep_id, d->cfg.n_dcus, d->n_slots, sizeof(session),
+            d->cfg.dcus_cap, (dcu_tables + d->cfg.dcus_cap - 1) /
+                             d->cfg.dcus_cap, d->static_memory_bytes);
     return 0;
 }
 

@@ -504,7 +504,8 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define IC_RESERVE_BLOCK 65536          /* ICs reserved on disk ahead of use */
 #define CSV_ROW_MAX 192                 /* longest row of any file, quoting included */
 #define METRICS_REQUEST_MAX 1024        /* a request line and headers */
-#define DCUS_MAX 1000000                /* max_dcus: about 300 bytes each */
+#define DCUS_MAX 1000000                /* max_dcus: DCU_BYTES (252) each */
+#define DCU_BYTES_MAX 256               /* a DCU: config, reload twin, state, keys, marks */
 #define DCUS_SPARE 1024                 /* max_dcus default: the file's DCUs + this */
 
 FEP_STATIC_ASSERT(RX_BUF_SIZE >= FRAME_SIZE_MAX, rx_holds_one_frame);
@@ -521,17 +522,21 @@ FEP_STATIC_ASSERT(METRICS_REQUEST_MAX <= RX_BUF_SIZE, metrics_request_fits);
 
 /* ---- config.c ---- */
 
+/* One DCU of the config.  Two tables of them are kept (the one in use and
+ * a reload's), so every byte counts twice: the SID on the wire is the id
+ * padded with spaces (frame_id_set), and an entry's line in the file is
+ * found again only when a message needs it. */
 typedef struct dcu_conf {
-    char id[FRAME_ID_SIZE + 1];         /* as written, without padding */
-    uint8_t sid[FRAME_ID_SIZE];         /* padded, as on the wire */
+    char id[FRAME_ID_SIZE + 1];         /* as written; NUL-padded, so that its
+                                           8 bytes sort as the padded SIDs */
+    char poll[POLL_CMDS_MAX];           /* request letters in order, "k" by
+                                           default; NUL-terminated when shorter */
     uint8_t has_addr;
     uint8_t has_key;
     uint8_t removed;                    /* by a reload: kept while a slot may name it */
     sys_addr addr;
     uint8_t key[KEY_SIZE];
-    char poll[POLL_CMDS_MAX + 1];       /* request letters in order, "k" by default */
-    unsigned line;                      /* line of the config file */
-} dcu_conf;
+} dcu_conf;                             /* 56 bytes */
 
 typedef struct fep_config {
     char fep_id[FRAME_ID_SIZE + 1];
@@ -598,7 +603,7 @@ typedef struct store_out {
     ino_t ino;                          /* a file replaced under fepd */
     size_t used;                        /* bytes in buf not yet written */
     size_t written;                     /* bytes written this pass, not yet committed */
-    uint8_t buf[STORE_BUF_SIZE];
+    uint8_t buf[STORE_BUF_SIZE];        /* last: store_open does not touch it */
 } store_out;
 
 typedef struct store {
@@ -638,6 +643,12 @@ void store_close(store *s);
  * data_dir/fepd.generation ---- */
 
 #define STATE_KCV_SIZE 8
+/* Changes listed between two saves: a save follows each pass that made
+ * any, and in one pass a slot raises at most one mark and ends at most one
+ * session.  (A test build may make it small, to take the overflow paths.) */
+#ifndef STATE_LIST_MAX
+#define STATE_LIST_MAX (SESSIONS_MAX + REJECT_SLOTS + METRICS_SLOTS)
+#endif
 
 /* One key fepd has ever used, named by its check value. */
 typedef struct key_state {
@@ -654,21 +665,31 @@ typedef struct rx_mark {
     uint32_t last_ic;                   /* highest IC accepted; 0 none */
 } rx_mark;                              /* 16 bytes */
 
+/* The state of one DCU, parallel to the config's table.  Its key is its
+ * mark's (marks[mark].key, state_dcu_key): one index says both. */
 typedef struct dcu_state {
-    int32_t key;                        /* index into keys, or -1 when unkeyed */
-    int32_t mark;                       /* index into marks, or -1 when unkeyed */
-    int32_t session;                    /* slot index, or -1 */
-    uint16_t next_qsn;
-    uint8_t changed;                    /* lines not yet written (state_touch) */
-    int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
-    uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
-    uint64_t sessions_ok;
-    uint64_t sessions_failed;
     uint64_t records;
+    uint32_t sessions_ok;               /* a session a second: 136 years */
+    uint32_t sessions_failed;
+    int32_t mark;                       /* index into marks, or -1 when unkeyed */
     fep_err last_error;
-} dcu_state;
+    int16_t session;                    /* slot index, or -1 */
+    uint16_t next_qsn;
+    uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
+    uint8_t changed;                    /* lines not yet written (state_touch) */
+    int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
+} dcu_state;                            /* 48 bytes */
+
+/* What each DCU of max_dcus costs: its config entry and the reload table's,
+ * each with its by_sid index; its state; two keys and two marks (the
+ * tables hold 2 x max_dcus); and their two hash indexes, 5/4 of a 4-byte
+ * slot per entry.  fepd prints the figure it allocated at start-up. */
+#define DCU_BYTES (2 * (sizeof(dcu_conf) + sizeof(unsigned)) + \
+                   sizeof(dcu_state) + 2 * sizeof(key_state) + \
+                   2 * sizeof(rx_mark) + 2 * 2 * 5 * sizeof(uint32_t) / 4)
+FEP_STATIC_ASSERT(DCU_BYTES <= DCU_BYTES_MAX, dcu_size);
 
 /* How state_open treats what it finds. */
 typedef struct state_start {
@@ -688,19 +709,23 @@ typedef struct fep_state {
     unsigned n_marks, marks_cap;
     uint32_t *key_index;                /* open addressing: keys by KCV */
     uint32_t *mark_index;               /* open addressing: marks by DCU and key */
-    unsigned index_mask;                /* both indexes have index_mask + 1 slots */
+    unsigned index_size;                /* slots of each index: 1.25 x the cap */
     dcu_state *dcus;                    /* parallel to cfg->dcus, dcus_cap room */
     unsigned n_dcus, dcus_cap;
     uint64_t generation;                /* of the snapshot on disk */
     uint64_t reservations;              /* tx lines in the journal since it */
     int dirty;                          /* something changed since the last save */
     int marks_raised;                   /* a mark rose: save before the pass's ACKs */
-    unsigned *marks_changed;            /* marks raised since the last save */
+    /* What changed since the last save, for the journal.  A save follows
+     * every pass that changed something, so the lists are as long as what
+     * the slots can change in one pass; when one overflows (saves that
+     * failed), the flags or the whole snapshot take over. */
+    unsigned marks_changed[STATE_LIST_MAX]; /* marks raised (a mark may repeat) */
     unsigned n_marks_changed;
-    uint8_t *mark_listed;               /* per mark: in marks_changed */
-    unsigned *changed;                  /* DCUs whose dcu_state.changed is set */
+    int marks_overflow;                 /* some were not listed: compact */
+    unsigned changed[STATE_LIST_MAX];   /* DCUs whose dcu_state.changed is set */
     unsigned n_changed;
-    int changed_rescan;                 /* the list lost track: rebuild it from the flags */
+    int changed_rescan;                 /* some were not listed: scan the flags */
     off_t journal_size;                 /* whole lines fepd wrote; -1: compact before appending */
     char *buf;                          /* the write buffer (snapshot, journal lines) */
     size_t buf_cap;
@@ -717,6 +742,11 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
 /* The next IC to send under key k; reserves a new block on disk first when
  * needed.  0 when no IC can be had (reservation failed, or exhausted). */
 uint32_t state_take_ic(fep_state *st, unsigned k);
+/* DCU dcu's key: an index into keys, or -1 when unkeyed. */
+int state_dcu_key(const fep_state *st, unsigned dcu);
+/* The bytes state_open allocated; *dcu_tables: those that grow with
+ * max_dcus (the DCU table, keys, marks and their indexes). */
+size_t state_memory(const fep_state *st, size_t *dcu_tables);
 /* DCU dcu's replay mark under its current key (0 when unkeyed). */
 uint32_t state_rx_mark(const fep_state *st, unsigned dcu);
 /* Raises DCU dcu's replay mark to ic: the next state_save makes it durable,

@@ -624,7 +624,7 @@ static void check_tx(fepd *d, session *s)
         FUZZ_CHECK(!(f.ctl & CTL_DIR_DCU) && (f.ctl & CTL_LAST));
         FUZZ_CHECK(memcmp(f.sid, d->cfg.sid, FRAME_ID_SIZE) == 0);
         i = config_find_dcu(&d->cfg, f.did);
-        key = i >= 0 ? d->state.dcus[i].key : -1;
+        key = i >= 0 ? state_dcu_key(&d->state, (unsigned)i) : -1;
         if (key >= 0) {
             gcm_key gk;
             uint32_t ic;
@@ -668,11 +668,12 @@ static void check_state(fepd *d, session *s)
         /* Bound while it exchanges; a draining slot may have let the DCU
          * go already, so that its next session is not BUSY. */
         int held = d->state.dcus[s->dcu].session;
+        uint8_t sid[FRAME_ID_SIZE];
 
         FUZZ_CHECK(held == 0 || (held == -1 && s->state == SLOT_DRAINING));
-        FUZZ_CHECK(memcmp(s->peer_sid, d->cfg.dcus[s->dcu].sid,
-                          FRAME_ID_SIZE) == 0);
-        FUZZ_CHECK(s->key_index == d->state.dcus[s->dcu].key);
+        frame_id_set(sid, d->cfg.dcus[s->dcu].id);
+        FUZZ_CHECK(memcmp(s->peer_sid, sid, FRAME_ID_SIZE) == 0);
+        FUZZ_CHECK(s->key_index == state_dcu_key(&d->state, (unsigned)s->dcu));
         FUZZ_CHECK(s->kind != KIND_REJECT);
     }
     for (i = 0; i < d->state.n_dcus; i++) {

@@ -206,7 +206,7 @@ static void next_request(fepd *d, session *s)
 static void peer_set(fepd *d, session *s, int i, const uint8_t sid[FRAME_ID_SIZE])
 {
     memcpy(s->peer_sid, sid, FRAME_ID_SIZE);
-    s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
+    s->key_index = i >= 0 ? state_dcu_key(&d->state, (unsigned)i) : -1;
     s->mark_index = i >= 0 ? d->state.dcus[i].mark : -1;
     if (s->key_index >= 0)
         gcm_init(&s->key, d->cfg.dcus[i].key);
@@ -222,10 +222,13 @@ static void bind_dcu(fepd *d, session *s, int i)
 
 void sess_poll_start(fepd *d, session *s, int dcu)
 {
+    uint8_t sid[FRAME_ID_SIZE];
+
     /* The session keeps what it began with: a reload that changes the DCU
      * meanwhile applies to its next session. */
-    memcpy(s->poll, d->cfg.dcus[dcu].poll, sizeof s->poll);
-    peer_set(d, s, dcu, d->cfg.dcus[dcu].sid);
+    memcpy(s->poll, d->cfg.dcus[dcu].poll, sizeof d->cfg.dcus[dcu].poll);
+    frame_id_set(sid, d->cfg.dcus[dcu].id);
+    peer_set(d, s, dcu, sid);
     bind_dcu(d, s, dcu);
 }
 
@@ -551,10 +554,10 @@ void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result)
     if (dcu >= 0) {
         dcu_state *ds = &d->state.dcus[dcu];
         if (ok) {
-            ds->sessions_ok++;
+            ds->sessions_ok += ds->sessions_ok < UINT32_MAX; /* saturates */
             ds->last_success_s = sys_wall_s();
         } else {
-            ds->sessions_failed++;
+            ds->sessions_failed += ds->sessions_failed < UINT32_MAX;
             ds->last_error = result;
         }
         if (kind == KIND_POLL)

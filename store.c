@@ -557,9 +557,14 @@ int store_open(store *s, const char *data_dir, int sync_packet, char *err,
 {
     unsigned i;
 
-    memset(s, 0, sizeof *s);
-    for (i = 0; i < STORE_FILES; i++)
+    /* Every field but the buffers (the last field of each file's): a
+     * buffer's pages are touched only when rows reach them, so the files
+     * that get none cost no memory. */
+    memset(s, 0, offsetof(store, out));
+    for (i = 0; i < STORE_FILES; i++) {
+        memset(&s->out[i], 0, offsetof(store_out, buf));
         s->out[i].fd = -1;
+    }
     if (strlen(data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
         snprintf(err, errlen, "%s: path too long", data_dir);
         return -1;
