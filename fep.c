@@ -1057,6 +1057,7 @@ static int start(fepd *d)
     }
     for (i = 0; i < d->n_slots; i++)
         d->slots[i].fd = -1;
+    memset(&how, 0, sizeof how);        /* read_only: 0, fepd writes */
     how.fresh = d->fresh_state;
     how.data_has_rows = d->store.had_rows;
     if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
