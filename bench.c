@@ -17,6 +17,11 @@
  * side of the same poll exchange without checking or storing anything.
  * Rows of the 1,000-DCU section are the median of three runs.
  *
+ * The /metrics rows scrape a running fepd with 1,000 to 100,000 push-only
+ * DCUs (see section_metrics), and print the load average beside them.
+ * Arguments name the sections to run (core throughput sustained memory
+ * metrics); none runs them all.
+ *
  * The targets and the goal are printed beside the figures for the reader;
  * the program never fails on a figure (a loaded machine must not break a
  * build), only when a figure's own work went wrong (a frame that did not
@@ -117,7 +122,8 @@ static void bench_payload(uint8_t *p, size_t n)
 }
 
 /* ------------------------------------------------------------------------
- * Figure: frame_rx decoding (header checks, CRC) of 2048-byte frames
+ * Figure: frame_rx decoding (header checks, CRC) of 2048-byte frames, a
+ * 64 KiB stream handed over as fast as the receive buffer takes it
  * ---------------------------------------------------------------------- */
 
 static uint8_t decode_stream[DECODE_CHUNK];
@@ -677,7 +683,7 @@ typedef struct e2e_result {
     unsigned long long fepd_hwm;        /* VmHWM from /proc, bytes; 0 absent */
     unsigned long long sessions, packets, records, expected;
     unsigned long long busy;            /* push: DCUs refused with NACK BUSY */
-    unsigned long long static_bytes, slot_bytes;
+    unsigned long long static_bytes, slot_bytes, dcu_bytes;
     int failed;
     char why[160];
 } e2e_result;
@@ -726,7 +732,9 @@ static void fail(e2e_result *r, const char *why)
     r->failed = 1;
 }
 
-/* What fepd said at start-up: static memory and the size of a slot. */
+/* What fepd said at start-up: static memory, the size of a slot and what
+ * a DCU of max_dcus costs ("... slots (2528 bytes each), room for 2024 DCUs
+ * (252 bytes each), static memory ..."). */
 static void fepd_startup(const char *dir, e2e_result *r)
 {
     char path[PATH_BENCH];
@@ -735,6 +743,7 @@ static void fepd_startup(const char *dir, e2e_result *r)
     log_load(path);
     r->static_bytes = log_number_after("static memory ");
     r->slot_bytes = log_number_after("slots (");
+    r->dcu_bytes = log_number_after("DCUs (");
 }
 
 /* The pushing or answering dcusim's report. */
@@ -1308,7 +1317,7 @@ static int run_e2e_row(const e2e_spec *e, e2e_result *r)
  * ---------------------------------------------------------------------- */
 
 static const bench_row bench_rows[] = {
-    { "decode 2048 B frames, 64 KiB reads", ">= 500 MB/s", run_decode },
+    { "decode 2048 B frames through frame_rx", ">= 500 MB/s", run_decode },
     { "GCM open 2000 B payload (frame_open)", ">= 40 MB/s", run_open },
     { "GCM seal 2000 B payload (frame_encode)", ">= 40 MB/s", run_seal },
 };
@@ -1458,14 +1467,14 @@ static int section_memory(unsigned dcus_small, unsigned dcus_large)
 {
     const unsigned dcus[2] = { dcus_small, dcus_large };
     const unsigned sessions[2] = { 256, SESSIONS_MAX };
-    unsigned long long rss[2][2], stat_b[2][2], slot = 0;
+    unsigned long long rss[2][2], stat_b[2][2], slot = 0, dcu = 0;
     int failed = 0;
     unsigned i, j;
 
     printf("\nmemory: fepd --once polling every configured DCU (keyed, %u "
            "records each), up to max_sessions at once\n", RECORDS_PER_DCU);
-    printf("%-50s %12s %12s %9s %10s\n", "figure", "static B", "peak RSS B",
-           "RSS/stat", "slot B");
+    printf("%-50s %12s %12s %9s %8s %7s\n", "figure", "static B",
+           "peak RSS B", "RSS/stat", "slot B", "DCU B");
     for (i = 0; i < 2; i++) {
         for (j = 0; j < 2; j++) {
             e2e_spec e;
@@ -1484,20 +1493,25 @@ static int section_memory(unsigned dcus_small, unsigned dcus_large)
             rss[i][j] = r.fepd_rss;
             stat_b[i][j] = r.static_bytes;
             slot = r.slot_bytes;
+            dcu = r.dcu_bytes;
             snprintf(name, sizeof name, "%u DCUs, max_sessions %u", dcus[i],
                      sessions[j]);
-            printf("%-50s %12llu %12llu %9.2f %10llu%s%s\n", name,
+            printf("%-50s %12llu %12llu %9.2f %8llu %7llu%s%s\n", name,
                    r.static_bytes, r.fepd_rss,
                    r.static_bytes ? (double)r.fepd_rss / (double)r.static_bytes
                                   : 0.0,
-                   r.slot_bytes, r.failed ? "  FAILED: " : "",
+                   r.slot_bytes, r.dcu_bytes, r.failed ? "  FAILED: " : "",
                    r.failed ? r.why : "");
             fflush(stdout);
             failed |= r.failed;
         }
     }
-    printf("bytes per session: %llu static (one slot: 4 KiB receive + 4 KiB "
-           "transmit buffer, GCM key, state);\n", slot);
+    printf("bytes per slot: %llu (a %d-byte receive buffer, one largest "
+           "frame; a %d-byte transmit buffer, an ACK and the next request; "
+           "the GCM key; state)\n", slot, RX_BUF_SIZE, TX_BUF_SIZE);
+    printf("bytes per DCU of max_dcus: %llu (its config entry and the "
+           "reload table's, its state, 2 keys and 2 marks, their indexes)\n",
+           dcu);
     /* Only a run with more DCUs than slots uses every slot. */
     for (i = 0; i < 2; i++)
         if (dcus[i] > SESSIONS_MAX && rss[i][1] > rss[i][0])
@@ -1513,10 +1527,312 @@ static int section_memory(unsigned dcus_small, unsigned dcus_large)
     return failed;
 }
 
+/* ------------------------------------------------------------------------
+ * /metrics at scale: a running fepd with N push-only DCUs (dcu D0000001 -),
+ * its exposition read at socket speed.  The scrape rows are the median of
+ * three scrapes.  A fourth scrape runs with probes beside it: one after
+ * the other, a frame from an unknown SID on the push listener, which fepd
+ * NACKs in the pass after the one that accepts it; the longest probe round
+ * trip bounds how long a pass that writes the scrape holds the loop.
+ * ---------------------------------------------------------------------- */
+
+#define SCRAPE_TIMEOUT_MS 10000
+#define SCRAPE_CHUNK (64 * 1024)
+#define PROBE_NACK_SIZE (FRAME_HEADER_SIZE + NACK_SIZE + FRAME_CRC_SIZE)
+
+typedef struct scrape_result {
+    double s;                           /* request written to end of stream */
+    unsigned long long bytes;
+    unsigned long long samples;         /* fep_dcu_last_success... lines */
+    unsigned probes;
+    double probe_max_ms;
+    int ok;                             /* a 200, read to its end */
+} scrape_result;
+
+static uint8_t scrape_buf[SCRAPE_CHUNK];
+
+/* A connected socket to a (non-blocking), or -1. */
+static int connect_wait(const sys_addr *a)
+{
+    int in_progress = 0, fd = sys_connect(a, &in_progress);
+    struct timeval tv;
+    fd_set wfds;
+
+    if (fd < 0 || !in_progress)
+        return fd;
+    FD_ZERO(&wfds);
+    FD_SET(fd, &wfds);
+    tv.tv_sec = 5;
+    tv.tv_usec = 0;
+    if (select(fd + 1, NULL, &wfds, NULL, &tv) != 1 ||
+        sys_connect_result(fd) != 0) {
+        sys_close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Counts the lines that start with the per-DCU family across reads: *pos
+ * is how much of the prefix the current line has matched, -1 none. */
+static void count_samples(const uint8_t *p, size_t n, int *pos,
+                          unsigned long long *samples)
+{
+    static const char prefix[] = "fep_dcu_last_success_timestamp_seconds{";
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (p[i] == '\n') {
+            *pos = 0;
+        } else if (*pos >= 0) {
+            if (p[i] != (uint8_t)prefix[*pos]) {
+                *pos = -1;
+            } else if (prefix[++*pos] == '\0') {
+                (*samples)++;
+                *pos = -1;
+            }
+        }
+    }
+}
+
+typedef struct probe {
+    int fd;                             /* -1: none in flight */
+    long long start_ns;
+    size_t got;
+    uint8_t frame[64];
+    size_t frame_len;
+} probe;
+
+static void probe_start(probe *pr, const sys_addr *push)
+{
+    pr->fd = connect_wait(push);
+    pr->got = 0;
+    pr->start_ns = now_ns();
+    if (pr->fd >= 0 && sys_write(pr->fd, pr->frame, pr->frame_len) !=
+                           (ssize_t)pr->frame_len) {
+        sys_close(pr->fd);
+        pr->fd = -1;
+    }
+}
+
+/* The NACK (or the end of the stream): the round trip is over. */
+static void probe_read(probe *pr, scrape_result *r)
+{
+    uint8_t in[128];
+    ssize_t n = sys_read(pr->fd, in, sizeof in);
+    double ms;
+
+    if (n == SYS_AGAIN)
+        return;
+    if (n > 0)
+        pr->got += (size_t)n;
+    if (n > 0 && pr->got < PROBE_NACK_SIZE)
+        return;
+    ms = (double)(now_ns() - pr->start_ns) / 1e6;
+    if (ms > r->probe_max_ms)
+        r->probe_max_ms = ms;
+    r->probes++;
+    sys_close(pr->fd);
+    pr->fd = -1;
+}
+
+/* One GET /metrics, read to its end; with push != NULL, probes beside it. */
+static void scrape(const sys_addr *metrics, const sys_addr *push,
+                   scrape_result *r)
+{
+    static const char request[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    int fd = connect_wait(metrics), pos = 0, head = 1;
+    long long t0 = now_ns(), deadline = t0 + SCRAPE_TIMEOUT_MS * 1000000LL;
+    probe pr;
+    frame_hdr h;
+    uint8_t count = 0;
+
+    memset(r, 0, sizeof r[0]);
+    pr.fd = -1;
+    h.ctl = CTL_DIR_DCU | CTL_LAST;
+    h.cmd = CMD_LP_RSP;
+    frame_id_set(h.sid, "PROBE");
+    frame_id_set(h.did, "FEP00001");
+    h.qsn = 1;
+    h.msn = 0;
+    h.fsn = 0;
+    pr.frame_len = frame_encode(pr.frame, sizeof pr.frame, &h, &count, 1,
+                                NULL, 0);
+    if (fd < 0 || sys_write(fd, request, sizeof request - 1) !=
+                      (ssize_t)(sizeof request - 1)) {
+        sys_close(fd);
+        return;
+    }
+    for (;;) {
+        fd_set rfds;
+        struct timeval tv = { 0, 100000 };
+        int maxfd = fd;
+        ssize_t n;
+
+        if (push && pr.fd < 0)
+            probe_start(&pr, push);
+        FD_ZERO(&rfds);
+        FD_SET(fd, &rfds);
+        if (pr.fd >= 0) {
+            FD_SET(pr.fd, &rfds);
+            maxfd = pr.fd > fd ? pr.fd : fd;
+        }
+        if (now_ns() > deadline || select(maxfd + 1, &rfds, NULL, NULL, &tv) < 0)
+            break;
+        if (pr.fd >= 0 && FD_ISSET(pr.fd, &rfds))
+            probe_read(&pr, r);
+        if (!FD_ISSET(fd, &rfds))
+            continue;
+        n = sys_read(fd, scrape_buf, sizeof scrape_buf);
+        if (n == SYS_AGAIN)
+            continue;
+        if (n < 0) {
+            r->ok = n == SYS_EOF && r->bytes > 0;
+            break;
+        }
+        if (head && (size_t)n >= 12 && memcmp(scrape_buf, "HTTP/1.0 200", 12) != 0)
+            break;
+        head = 0;
+        r->bytes += (size_t)n;
+        count_samples(scrape_buf, (size_t)n, &pos, &r->samples);
+    }
+    r->s = (double)(now_ns() - t0) / 1e9;
+    sys_close(fd);
+    sys_close(pr.fd);
+}
+
+/* fepd's config: no polls, a push listener for the probes, the metrics
+ * listener, n push-only DCUs. */
+static int metrics_conf(const char *dir, unsigned dcus, unsigned push_port,
+                        unsigned metrics_port)
+{
+    char path[PATH_BENCH];
+    FILE *out;
+    unsigned i;
+    int ok;
+
+    snprintf(path, sizeof path, "%s/fep.conf", dir);
+    out = fopen(path, "w");
+    if (!out)
+        return -1;
+    fprintf(out, "data_dir %s/data\nstate_dir %s/state\nsync none\n"
+            "max_sessions 16\nlisten 127.0.0.1:%u\nmetrics 127.0.0.1:%u\n",
+            dir, dir, push_port, metrics_port);
+    for (i = 1; i <= dcus; i++)
+        fprintf(out, "dcu D%07u -\n", i);
+    ok = !ferror(out);
+    return fclose(out) == 0 && ok ? 0 : -1;
+}
+
+static int scrape_s_less(const void *a, const void *b)
+{
+    const scrape_result *x = a, *y = b;
+
+    return (x->s > y->s) - (x->s < y->s);
+}
+
+/* The scrapes of one size; 0, or -1 with the reason printed. */
+static int metrics_row(unsigned dcus)
+{
+    char dir[DIR_SIZE], conf[PATH_BENCH], log_path[PATH_BENCH], addr[2][64];
+    char err[128];
+    unsigned ports[2] = { free_port(), free_port() }, runs = bench_runs(), i;
+    scrape_result r[RUNS_MAX], probed;
+    const char *why = NULL;
+    sys_addr a[2];
+    argv_buf args;
+    proc fep;
+
+    memset(r, 0, sizeof r);
+    memset(&probed, 0, sizeof probed);
+    if (tmpdir_make(dir, sizeof dir) != 0 ||
+        metrics_conf(dir, dcus, ports[0], ports[1]) != 0) {
+        printf("%-12u FAILED: cannot write the config\n", dcus);
+        return -1;
+    }
+    for (i = 0; i < 2; i++) {
+        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%u", ports[i]);
+        sys_addr_parse(addr[i], &a[i], err, sizeof err);
+    }
+    snprintf(conf, sizeof conf, "%s/fep.conf", dir);
+    snprintf(log_path, sizeof log_path, "%s/fepd.log", dir);
+    args.n = 0;
+    arg(&args, "%s", FEPD_PATH, 0);
+    arg(&args, "-c", NULL, 0);
+    arg(&args, "%s", conf, 0);
+    if (proc_start(&fep, args.v, log_path) != 0 ||
+        log_wait(log_path, "static memory", &fep, 60000) != 0) {
+        why = "fepd did not start";
+    } else {
+        for (i = 0; i < runs && !why; i++) {
+            scrape(&a[1], NULL, &r[i]);
+            if (!r[i].ok || r[i].samples != dcus)
+                why = "a scrape went wrong (not a 200, cut, or samples missing)";
+        }
+        scrape(&a[1], &a[0], &probed);
+        if (!why && (!probed.ok || probed.samples != dcus))
+            why = "the probed scrape went wrong";
+    }
+    if (proc_stop(&fep, 30) != 0 && !why)
+        why = "fepd did not stop cleanly";
+    tree_remove(dir, 2);
+    if (why) {
+        printf("%-12u FAILED: %s\n", dcus, why);
+        return -1;
+    }
+    qsort(r, runs, sizeof r[0], scrape_s_less);
+    printf("%-12u %12llu %10.1f %8.1f %14.2f %7u\n", dcus, r[runs / 2].bytes,
+           r[runs / 2].s * 1e3, (double)r[runs / 2].bytes / r[runs / 2].s / 1e6,
+           probed.probe_max_ms, probed.probes);
+    fflush(stdout);
+    return 0;
+}
+
+/* /proc/loadavg's three averages (1, 5, 15 minutes), or "?". */
+static void load_average(char *out, size_t cap)
+{
+    size_t n = 0;
+    int k;
+
+    snprintf(out, cap, "?");
+    if (log_load("/proc/loadavg") == 0)
+        return;
+    for (k = 0; k < 3; k++) {
+        n += strcspn(log_text + n, " \n");
+        if (k < 2 && log_text[n] == ' ')
+            n++;
+    }
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, log_text, n);
+    out[n] = '\0';
+}
+
+static int section_metrics(void)
+{
+    static const unsigned sizes[] = { 1000, 10000, 100000 };
+    char load[64];
+    size_t i;
+    int failed = 0;
+
+    load_average(load, sizeof load);
+    printf("\n/metrics: GET /metrics from a running fepd with N push-only DCUs, "
+           "read at socket speed (median of %u scrapes); load average %s\n",
+           bench_runs(), load);
+    printf("(probe: a frame from an unknown SID on the push listener during a "
+           "further scrape, NACKed one pass after its accept)\n");
+    printf("%-12s %12s %10s %8s %14s %7s\n", "DCUs", "bytes", "scrape ms",
+           "MB/s", "max probe ms", "probes");
+    for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        failed |= metrics_row(sizes[i]) != 0;
+    printf("target: 100,000 DCUs in under 0.5 s, while sessions are still "
+           "answered within a few ms\n");
+    return failed;
+}
+
 /* The machine, from /proc where present: cores, CPU model, load. */
 static void machine_line(void)
 {
-    char model[128] = "?", load[32] = "?";
+    char model[128] = "?", load[64];
     const char *p;
     unsigned cores = 0;
     size_t n;
@@ -1535,13 +1851,7 @@ static void machine_line(void)
             model[n] = '\0';
         }
     }
-    if (log_load("/proc/loadavg") > 0) {
-        n = strcspn(log_text, " ");
-        if (n >= sizeof load)
-            n = sizeof load - 1;
-        memcpy(load, log_text, n);
-        load[n] = '\0';
-    }
+    load_average(load, sizeof load);
     printf("machine: %u cores, %s; load average %s%s\n\n", cores, model, load,
            bench_quick ? "; BENCH_QUICK (smaller sizes)" : "");
 }
@@ -1551,10 +1861,23 @@ static int programs_present(void)
     return access(FEPD_PATH, X_OK) == 0 && access(DCUSIM_PATH, X_OK) == 0;
 }
 
-int main(void)
+/* Whether section name runs: every section when no name was given. */
+static int section_on(int argc, char **argv, const char *name)
+{
+    int i;
+
+    for (i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return 1;
+    return argc < 2;
+}
+
+/* ./fep_bench [core] [throughput] [sustained] [memory] [metrics]: the
+ * sections named, or all of them. */
+int main(int argc, char **argv)
 {
     struct sigaction sa;
-    int failed;
+    int failed = 0;
     const char *quick = getenv("BENCH_QUICK");
 
     bench_quick = quick && *quick && strcmp(quick, "0") != 0;
@@ -1568,16 +1891,22 @@ int main(void)
     sigaction(SIGPIPE, &sa, NULL);
 
     machine_line();
-    failed = section_core();
+    if (section_on(argc, argv, "core"))
+        failed |= section_core();
     if (!programs_present()) {
         printf("\nend-to-end rows skipped: %s and %s not found here (run "
                "`make bench` from the top directory)\n", FEPD_PATH,
                DCUSIM_PATH);
         return failed ? 1 : 0;
     }
-    failed |= section_throughput(bench_quick ? 200 : 1000);
-    failed |= section_sustained(bench_quick ? 1000 : 10000);
-    failed |= section_memory(bench_quick ? 200 : 1000,
-                             bench_quick ? 1000 : 10000);
+    if (section_on(argc, argv, "throughput"))
+        failed |= section_throughput(bench_quick ? 200 : 1000);
+    if (section_on(argc, argv, "sustained"))
+        failed |= section_sustained(bench_quick ? 1000 : 10000);
+    if (section_on(argc, argv, "memory"))
+        failed |= section_memory(bench_quick ? 200 : 1000,
+                                 bench_quick ? 1000 : 10000);
+    if (section_on(argc, argv, "metrics"))
+        failed |= section_metrics();
     return failed ? 1 : 0;
 }

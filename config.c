@@ -16,9 +16,10 @@
  * operator reads it in a log far from the file.  Plain directives are a
  * table (name, parser, field, default): the defaults go through the same
  * parsers as the file, so a default can never be a value the file could not
- * hold.  The DCUs are then indexed by their padded SID, the form the wire
- * carries, so that a frame's SID is looked up by binary search without
- * unpadding; duplicates show up as neighbours in that order.
+ * hold.  The DCUs are then indexed in the order of their padded SID, the
+ * form the wire carries, so that a frame's SID is looked up by binary
+ * search (each id padded as it is compared: an entry keeps no second copy
+ * of it); duplicates show up as neighbours in that order.
  *
  * Shards (--shard I/N).  {shard} in fep_id, data_dir, state_dir and pidfile
  * becomes I as the line is read, so every message names the value that is
@@ -456,10 +457,11 @@ static int parse_key(const char *text, dcu_conf *dc, char *why, size_t whylen)
     return 0;
 }
 
-/* "k,s": letters of k s m n, each at most once, kept in the order given. */
+/* "k,s": letters of k s m n, each at most once, kept in the order given;
+ * NUL-terminated in dc->poll when fewer than POLL_CMDS_MAX. */
 static int parse_poll(const char *text, dcu_conf *dc, char *why, size_t whylen)
 {
-    char letters[POLL_CMDS_MAX + 1];
+    char letters[POLL_CMDS_MAX];
     const char *p = text;
     size_t n = 0;
 
@@ -467,8 +469,8 @@ static int parse_poll(const char *text, dcu_conf *dc, char *why, size_t whylen)
            !memchr(letters, *p, n)) {
         letters[n++] = *p++;
         if (*p == '\0') {
-            letters[n] = '\0';
-            memcpy(dc->poll, letters, n + 1);
+            memset(dc->poll, 0, sizeof dc->poll);
+            memcpy(dc->poll, letters, n);
             return 0;
         }
         if (*p++ != ',')
@@ -675,6 +677,7 @@ static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
     if (lf->n < 2)
         return reader_fail(r, "dcu: missing ID and ADDRESS");
     dc = &cfg->dcus[cfg->n_dcus];
+    memset(dc, 0, sizeof *dc);          /* the id NUL-padded, no option left */
     if (parse_id(lf->f[1], dc->id, why, sizeof why) != 0)
         return reader_fail(r, "dcu: ID %s", why);
     if (lf->n < 3)
@@ -688,9 +691,7 @@ static int apply_dcu(config_reader *r, fep_config *cfg, const line_fields *lf)
     for (i = 3; i < lf->n; i++)
         if (apply_dcu_option(r, dc, lf->f[i], &given) != 0)
             return -1;
-    frame_id_set(dc->sid, dc->id);
-    dc->line = r->line;
-    cfg->n_dcus++;
+    cfg->n_dcus++;                      /* entries are in file order */
     return 0;
 }
 
@@ -758,10 +759,18 @@ static int parse_lines(config_reader *r, fep_config *cfg)
  * The SID index
  * ---------------------------------------------------------------------- */
 
+/* Ids hold 0x21..0x7E and are NUL-padded, so comparing their 8 bytes
+ * orders them as their space-padded SIDs (NUL and space both sort below
+ * every id character): the order of config_find_dcu. */
+static int id_cmp(const dcu_conf *a, const dcu_conf *b)
+{
+    return strncmp(a->id, b->id, FRAME_ID_SIZE);
+}
+
 /* By SID, then by index, so that equal SIDs come in file order. */
 static int by_sid_less(const fep_config *cfg, unsigned a, unsigned b)
 {
-    int c = memcmp(cfg->dcus[a].sid, cfg->dcus[b].sid, FRAME_ID_SIZE);
+    int c = id_cmp(&cfg->dcus[a], &cfg->dcus[b]);
 
     return c < 0 || (c == 0 && a < b);
 }
@@ -813,28 +822,48 @@ void config_index(fep_config *cfg)
     sort_by_sid(cfg, cfg->by_sid, cfg->n_live);
 }
 
-/* Duplicates are neighbours in SID order; the one told is the earliest
- * second occurrence in the file. */
+/*
+ * The line of the file that holds entry k, the k-th dcu line (entries are
+ * in file order), found by reading the file again: only a message needs
+ * it, and a line kept in each entry would cost 4 bytes a DCU, twice (the
+ * reload table).  0 when the file no longer has it.
+ */
+static unsigned dcu_line(config_reader *r, unsigned k)
+{
+    line_fields lf;
+    unsigned seen = 0;
+
+    if (reader_rewind(r) != 0)
+        return 0;
+    while (reader_next(r) == 1) {
+        split_fields(r->buf, &lf);
+        if (lf.n > 0 && strcmp(lf.f[0], "dcu") == 0 && seen++ == k)
+            return r->line;
+    }
+    return 0;
+}
+
+/* Duplicates are neighbours in SID order, in file order among themselves;
+ * the one told is the earliest second occurrence in the file. */
 static int index_dcus(config_reader *r, fep_config *cfg)
 {
-    const dcu_conf *first = NULL, *second = NULL;
-    unsigned i;
+    unsigned i, first = 0, second = 0, first_line;
 
     config_index(cfg);
     for (i = 1; i < cfg->n_live; i++) {
-        const dcu_conf *a = &cfg->dcus[cfg->by_sid[i - 1]];
-        const dcu_conf *b = &cfg->dcus[cfg->by_sid[i]];
-        if (memcmp(a->sid, b->sid, FRAME_ID_SIZE) != 0 ||
-            (second && second->line < b->line))
+        unsigned a = cfg->by_sid[i - 1], b = cfg->by_sid[i];
+        if (id_cmp(&cfg->dcus[a], &cfg->dcus[b]) != 0 ||
+            (second > 0 && second < b))
             continue;                   /* a third is later than the second */
         first = a;
-        second = b;
+        second = b;                     /* after a: never entry 0 */
     }
-    if (!second)
+    if (second == 0)
         return 0;
-    r->line = second->line;
+    first_line = dcu_line(r, first);
+    r->line = dcu_line(r, second);
     return reader_fail(r, "dcu %s: duplicate id (first on line %u)",
-                       second->id, first->line);
+                       cfg->dcus[second].id, first_line);
 }
 
 /* ------------------------------------------------------------------------
@@ -974,8 +1003,8 @@ static int shard_split(config_reader *r, fep_config *cfg)
         if (config_shard_of(cfg->dcus[i].id, r->shards) == r->shard)
             cfg->dcus[own++] = cfg->dcus[i];
         else
-            memcpy(cfg->other_sids + (size_t)other++ * FRAME_ID_SIZE,
-                   cfg->dcus[i].sid, FRAME_ID_SIZE);
+            frame_id_set(cfg->other_sids + (size_t)other++ * FRAME_ID_SIZE,
+                         cfg->dcus[i].id);
     }
     memset(cfg->dcus + own, 0, (n - own) * sizeof *cfg->dcus);
     cfg->n_dcus = own;
@@ -1006,12 +1035,15 @@ int config_other_shard(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
  * ---------------------------------------------------------------------- */
 
 /* The DCU table and its index, and with shards the other shards' SIDs,
- * each with room for cap DCUs; 0 or -1. */
+ * each with room for cap DCUs; 0 or -1.  malloc, not calloc: apply_dcu
+ * clears each entry it fills and by_sid is written before it is read, so
+ * the pages of the room left for a reload are never touched and cost no
+ * memory (calloc may clear them at once). */
 static int tables_alloc(fep_config *cfg, unsigned cap, unsigned shards)
 {
-    cfg->dcus = calloc(cap, sizeof *cfg->dcus);
-    cfg->by_sid = calloc(cap, sizeof *cfg->by_sid);
-    cfg->other_sids = shards > 1 ? calloc(cap, FRAME_ID_SIZE) : NULL;
+    cfg->dcus = malloc(cap * sizeof *cfg->dcus);
+    cfg->by_sid = malloc(cap * sizeof *cfg->by_sid);
+    cfg->other_sids = shards > 1 ? malloc((size_t)cap * FRAME_ID_SIZE) : NULL;
     cfg->dcus_cap = cap;
     return cfg->dcus && cfg->by_sid && (shards <= 1 || cfg->other_sids)
                ? 0 : -1;
@@ -1026,6 +1058,8 @@ static int config_allocate(config_reader *r, fep_config *cfg)
     return 0;
 }
 
+/* malloc, not calloc, as config_allocate: until a reload, the pages are
+ * never touched. */
 int config_alloc_like(fep_config *staged, const fep_config *live)
 {
     memset(staged, 0, sizeof *staged);
@@ -1074,7 +1108,7 @@ static int check_fep_id(config_reader *r, const fep_config *cfg)
         return 0;
     if (r->given[k] && where[0] == 't')
         snprintf(where, sizeof where, "line %u", r->given[k]);
-    r->line = cfg->dcus[i].line;
+    r->line = dcu_line(r, (unsigned)i);
     return reader_fail(r, "dcu %s: the same id as fep_id (%s): fepd and the "
                        "DCU would send under the same GCM IVs", cfg->dcus[i].id,
                        where);
@@ -1182,8 +1216,7 @@ int config_reload(const char *path, fep_config *staged, char *err,
     r.shard = keep.shard;
     r.shards = keep.shards;
     r.dcu_cap = cap;
-    memset(dcus, 0, cap * sizeof *dcus);
-    rc = config_parse(&r, staged);
+    rc = config_parse(&r, staged);     /* apply_dcu clears each entry */
     close(r.fd);
     return rc;
 }
@@ -1247,8 +1280,11 @@ int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
         unsigned k = cfg->by_sid[mid];
-        int c = memcmp(cfg->dcus[k].sid, sid, FRAME_ID_SIZE);
+        uint8_t own[FRAME_ID_SIZE];
+        int c;
 
+        frame_id_set(own, cfg->dcus[k].id);   /* the SID as the wire has it */
+        c = memcmp(own, sid, FRAME_ID_SIZE);
         if (c == 0)
             return (int)k;
         if (c < 0)

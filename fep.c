@@ -149,7 +149,7 @@ static session *slot_open(fepd *d, enum slot_kind kind, int fd,
         log_msg(LOG_ERROR, "%s: no free slot (bug)", where);
         abort();
     }
-    /* The whole slot, buffers included: about 9 KiB, well under a
+    /* The whole slot, buffers included: 2.5 KiB, well under a
      * microsecond, and no field can keep a value from the last session. */
     gen = s->gen + 1;
     memset(s, 0, sizeof *s);
@@ -205,16 +205,30 @@ static void slot_abort(fepd *d, session *s, fep_err why)
 }
 
 /* ------------------------------------------------------------------------
- * Writing: tx drains as far as the socket takes it; a write that cannot
+ * Writing: out drains as far as the socket takes it; a write that cannot
  * progress for timeout_write ends the session (back-pressure, not growth).
  * ---------------------------------------------------------------------- */
 
+/* The buffer out[tx_off..tx_len) lies in (see struct session): tx for a
+ * session's frames, rx.buf for a metrics response; and its size. */
+static uint8_t *slot_out(session *s, size_t *cap)
+{
+    if (s->kind == KIND_METRICS) {
+        *cap = sizeof s->rx.buf;
+        return s->rx.buf;
+    }
+    *cap = sizeof s->tx;
+    return s->tx;
+}
+
 static void slot_flush(fepd *d, session *s, int64_t now)
 {
+    size_t cap;
+    uint8_t *out = slot_out(s, &cap);
     int progressed = 0;
 
     while (s->tx_off < s->tx_len) {
-        ssize_t n = sys_write(s->fd, s->tx + s->tx_off, s->tx_len - s->tx_off);
+        ssize_t n = sys_write(s->fd, out + s->tx_off, s->tx_len - s->tx_off);
         if (n > 0) {
             s->tx_off += (size_t)n;
             progressed = 1;
@@ -241,20 +255,23 @@ static void slot_flush(fepd *d, session *s, int64_t now)
  * Metrics connections
  * ---------------------------------------------------------------------- */
 
+/* Renders the next chunk of the response into rx.buf, once the last one
+ * has gone out: the request it held was parsed before the first chunk. */
 static void metrics_fill(fepd *d, session *s)
 {
-    size_t n;
+    size_t cap, n;
+    uint8_t *out = slot_out(s, &cap);
 
     if (s->tx_off < s->tx_len || s->state != SLOT_ACTIVE || !s->exchange_open)
         return;
     s->tx_off = s->tx_len = 0;
-    n = metrics_render(d, &s->metrics_cursor, (char *)s->tx, TX_BUF_SIZE);
+    n = metrics_render(d, &s->metrics_cursor, (char *)out, cap);
     if (n == 0)
         sess_end(d, s, FEP_OK);
-    s->tx_len = n;
+    s->tx_len = (uint16_t)n;
 }
 
-/* A response goes out at socket speed: buffers are refilled and written
+/* A response goes out at socket speed: the buffer is refilled and written
  * until the socket is full, up to METRICS_PASS_BYTES a pass, so that a
  * scrape of 100,000 DCUs neither waits for another wake-up nor holds the
  * loop away from the sessions. */
@@ -265,7 +282,7 @@ static void metrics_stream(fepd *d, session *s, int64_t now)
     for (;;) {
         size_t queued;
 
-        metrics_fill(d, s);             /* refills tx once it is empty */
+        metrics_fill(d, s);             /* refills out once it is empty */
         queued = s->tx_len - s->tx_off;
         if (queued == 0 || s->close_now)
             return;
@@ -292,19 +309,21 @@ static void metrics_respond(fepd *d, session *s, int status)
                              "Connection: close\r\n\r\n";
     const char *text = status == 404 ? "404 Not Found" :
                        status == 405 ? "405 Method Not Allowed" : "400 Bad Request";
+    size_t cap;
+    uint8_t *out = slot_out(s, &cap); /* the request is parsed: rx.buf is free */
     int n;
 
     s->wait = WAIT_NONE;
     if (status == 200) {
-        memcpy(s->tx, ok, sizeof ok - 1);
+        memcpy(out, ok, sizeof ok - 1);
         s->tx_len = sizeof ok - 1;
-        s->exchange_open = 1;           /* rendering: metrics_fill refills tx */
+        s->exchange_open = 1;           /* rendering: metrics_fill refills out */
         return;
     }
-    n = snprintf((char *)s->tx, TX_BUF_SIZE,
+    n = snprintf((char *)out, cap,
                  "HTTP/1.0 %s\r\nContent-Type: text/plain\r\n"
                  "Connection: close\r\n\r\n%s\n", text, text);
-    s->tx_len = n > 0 ? (size_t)n : 0;
+    s->tx_len = (uint16_t)(n > 0 && (size_t)n < cap ? n : 0);
     sess_end(d, s, FEP_OK);
 }
 
@@ -894,8 +913,8 @@ static void dcus_merge(fepd *d, void (*fn)(fepd *, int live, int staged,
 
     while (i < na || j < nb) {
         int c = i == na ? 1 : j == nb ? -1
-                : memcmp(a->dcus[a->by_sid[i]].sid, b->dcus[b->by_sid[j]].sid,
-                         FRAME_ID_SIZE);
+                : strncmp(a->dcus[a->by_sid[i]].id, b->dcus[b->by_sid[j]].id,
+                          FRAME_ID_SIZE);   /* SID order (config.c id_cmp) */
         fn(d, c <= 0 ? (int)a->by_sid[i] : -1, c >= 0 ? (int)b->by_sid[j] : -1,
            arg);
         i += c <= 0;
@@ -1142,19 +1161,19 @@ static void stop_listeners(fepd *d)
     d->listen_fd = d->metrics_fd = -1;
 }
 
-static size_t static_memory(const fepd *d)
+/* Everything allocated at start-up; *dcu_tables: the part that grows with
+ * max_dcus (the config's table and its reload twin, each with its SID
+ * index, and the state's tables). */
+static size_t static_memory(const fepd *d, size_t *dcu_tables)
 {
-    const fep_config *c = &d->cfg;
+    size_t state_dcus, state_all = state_memory(&d->state, &state_dcus);
 
-    const fep_state *st = &d->state;
-
+    *dcu_tables = 2 * (size_t)d->cfg.dcus_cap *
+                      (sizeof(dcu_conf) + sizeof(unsigned)) + state_dcus;
     return sizeof *d + d->n_slots * sizeof(session) +
-           2 * (size_t)c->dcus_cap * (sizeof(dcu_conf) + sizeof(unsigned) +
-                                     FRAME_ID_SIZE) +
-           st->dcus_cap * (sizeof(dcu_state) + sizeof(unsigned)) +
-           st->keys_cap * sizeof(key_state) +
-           st->marks_cap * sizeof(rx_mark) +
-           2 * (size_t)(st->index_mask + 1) * sizeof(uint32_t) + st->buf_cap;
+           (*dcu_tables - state_dcus) + state_all +
+           (d->cfg.other_sids ? 2 * (size_t)d->cfg.dcus_cap * FRAME_ID_SIZE
+                              : 0);
 }
 
 static void install_signals(void)
@@ -1179,6 +1198,7 @@ static int start(fepd *d)
                         d->cfg.rotate_s };
     char err[1024];
     state_start how;
+    size_t dcu_tables;
     unsigned i;
 
     /* finish() closes the listeners and the store whatever step failed,
@@ -1203,7 +1223,7 @@ static int start(fepd *d)
     }
     for (i = 0; i < d->n_slots; i++)
         d->slots[i].fd = -1;
-    memset(&how, 0, sizeof how);
+    memset(&how, 0, sizeof how);        /* read_only: 0, fepd writes */
     how.fresh = d->fresh_state;
     how.data_has_rows = d->store.had_rows;
     if (state_open(&d->state, &d->cfg, &how, err, sizeof err) != 0) {
@@ -1224,10 +1244,13 @@ static int start(fepd *d)
         log_msg(LOG_INFO, "shard %u/%u: %u of the file's %u DCUs",
                 d->cfg.shard, d->cfg.shards, d->cfg.n_dcus,
                 d->cfg.n_dcus + d->cfg.n_other);
-    d->static_memory_bytes = static_memory(d);
+    d->static_memory_bytes = static_memory(d, &dcu_tables);
     log_msg(LOG_INFO, "fepd " FEP_VERSION " %s: %u DCUs, %u slots (%zu bytes "
-            "each), static memory %zu bytes", d->cfg.fep_id, d->cfg.n_dcus,
-            d->n_slots, sizeof(session), d->static_memory_bytes);
+            "each), room for %u DCUs (%zu bytes each), static memory %zu "
+            "bytes", d->cfg.fep_id, d->cfg.n_dcus, d->n_slots,
+            sizeof(session), d->cfg.dcus_cap,
+            (dcu_tables + d->cfg.dcus_cap - 1) / d->cfg.dcus_cap,
+            d->static_memory_bytes);
     return 0;
 }
 
@@ -1333,6 +1356,7 @@ static int check_listener(int has, const sys_addr *a, const char *what)
  * memory start() would take. */
 static int check_state(fepd *d, int data_has_rows)
 {
+    size_t dcu_tables;
     char err[1024];
     state_start how;
 
@@ -1345,7 +1369,7 @@ static int check_state(fepd *d, int data_has_rows)
         return -1;
     }
     d->n_slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
-    d->static_memory_bytes = static_memory(d);
+    d->static_memory_bytes = static_memory(d, &dcu_tables);
     state_release(&d->state);
     return 0;
 }

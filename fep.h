@@ -300,24 +300,29 @@ frame_result frame_scan(const uint8_t *buf, size_t len, frame *f,
                         size_t *consumed, size_t *skipped);
 
 /*
- * The receive side of a connection: a fixed buffer of twice the largest
- * frame, so that after compaction there is always room for a whole frame.
+ * The receive side of a connection: a fixed buffer of one largest frame.
+ * That is enough because the caller takes frames until FRAME_NEED_MORE
+ * before it reads again: what is then held is a partial frame, fewer bytes
+ * than the largest, and frame_rx_space moves it to the front, so the room
+ * offered always completes it (stop-and-wait: one frame is in flight).
  * Owns its buffer; frames returned by frame_rx_next point into it and stay
  * valid until the next call to frame_rx_space or frame_rx_next.
  */
-#define RX_BUF_SIZE (2 * FRAME_SIZE_MAX)                    /* 4096 bytes */
+#define RX_BUF_SIZE FRAME_SIZE_MAX                          /* 2048 bytes */
 typedef struct frame_rx {
     uint8_t buf[RX_BUF_SIZE];
-    size_t start;                       /* first byte not yet consumed */
-    size_t end;                         /* one past the last byte received */
-    size_t pending;                     /* bytes to consume at the next call */
+    uint16_t start;                     /* first byte not yet consumed */
+    uint16_t end;                       /* one past the last byte received */
+    uint16_t pending;                   /* bytes to consume at the next call */
     uint32_t garbage;                   /* garbage bytes seen on this connection */
-} frame_rx;
+} frame_rx;                             /* 2060 bytes */
 
 void frame_rx_reset(frame_rx *rx);
-/* Where the next read goes, and how much fits there: at least FRAME_SIZE_MAX
- * once the caller has taken frames until FRAME_NEED_MORE; 0 when whole frames
- * are left untaken. */
+/* Where the next read goes, and how much fits there.  Once the caller has
+ * taken frames until FRAME_NEED_MORE, the bytes held (a partial frame) are
+ * at the front and held + room >= FRAME_SIZE_MAX: room for the rest of any
+ * frame, and never 0.  A caller that leaves whole frames untaken can be
+ * offered less, down to 0 when the buffer is full. */
 uint8_t *frame_rx_space(frame_rx *rx, size_t *room);
 void frame_rx_commit(frame_rx *rx, size_t n);
 /* The next frame or condition, as frame_scan; garbage is added to rx->garbage. */
@@ -545,20 +550,30 @@ void log_hex(const char *what, const uint8_t *p, size_t n);
 #define PATH_SIZE 256                   /* data_dir, state_dir and file names */
 #define LISTEN_BACKLOG SOMAXCONN       /* a burst of pushes waits in the kernel, not refused */
 #define FD_RESERVED 32                  /* stdio, listeners, CSV and state files */
-#define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED)
+#define SESSIONS_MAX (FD_SETSIZE - FD_RESERVED) /* max_sessions: a slot each */
 #define REJECT_SLOTS 8                  /* extra slots that only answer NACK BUSY */
 #define METRICS_SLOTS 4                 /* concurrent GET /metrics connections */
-#define TX_BUF_SIZE (2 * FRAME_SIZE_MAX) /* 4096 bytes a slot: an ACK and the next request */
+#define SLOT_BYTES_MAX 2560             /* a slot (struct session): 2 KiB receive,
+                                           112 B transmit, the GCM key, state */
+/* The largest frame fepd sends: a keyed k request (30 + 16 + 8 + 2 = 56
+ * bytes); a keyed ACK is 48, a keyed NACK 49, plaintext ones 16 less. */
+#define TX_FRAME_MAX (FRAME_HEADER_SIZE + SEC_OVERHEAD + LP_REQ_SIZE + FRAME_CRC_SIZE)
+#define TX_BUF_SIZE (2 * TX_FRAME_MAX)  /* 112 bytes a slot: an ACK and the next request */
 #define STORE_BUF_SIZE (64 * 1024)      /* a CSV file's rows of one loop pass, 64 KiB each */
 #define IC_RESERVE_BLOCK 65536          /* ICs reserved on disk ahead of use */
 #define CSV_ROW_MAX 192                 /* longest row of any file, quoting included */
 #define METRICS_REQUEST_MAX 1024        /* a request line and headers */
-#define DCUS_MAX 1000000                /* max_dcus: about 300 bytes each */
+#define DCUS_MAX 1000000                /* max_dcus: DCU_BYTES (252) each */
+#define DCU_BYTES_MAX 256               /* a DCU: config, reload twin, state, keys, marks */
 #define DCUS_SPARE 1024                 /* max_dcus default: the file's DCUs + this */
 #define SHARDS_MAX 4096                 /* --shard I/N: N at most this */
 
-FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_holds_two_frames);
-FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, tx_holds_ack_and_request);
+FEP_STATIC_ASSERT(RX_BUF_SIZE >= FRAME_SIZE_MAX, rx_holds_one_frame);
+/* No payload fepd sends (a request, an ACK, a NACK) is longer than k's. */
+FEP_STATIC_ASSERT(NACK_SIZE <= LP_REQ_SIZE, tx_largest_payload_is_lp_req);
+FEP_STATIC_ASSERT(TX_BUF_SIZE >= 2 * TX_FRAME_MAX, tx_holds_ack_and_request);
+FEP_STATIC_ASSERT(TX_BUF_SIZE <= UINT16_MAX && RX_BUF_SIZE <= UINT16_MAX,
+                  slot_offsets_16_bits);
 FEP_STATIC_ASSERT(SESSIONS_MAX + REJECT_SLOTS + METRICS_SLOTS < FD_SETSIZE - 8,
                   slots_fit_select);
 FEP_STATIC_ASSERT(STORE_BUF_SIZE >= LP_RECORDS_MAX_PLAIN * CSV_ROW_MAX,
@@ -567,17 +582,21 @@ FEP_STATIC_ASSERT(METRICS_REQUEST_MAX <= RX_BUF_SIZE, metrics_request_fits);
 
 /* ---- config.c ---- */
 
+/* One DCU of the config.  Two tables of them are kept (the one in use and
+ * a reload's), so every byte counts twice: the SID on the wire is the id
+ * padded with spaces (frame_id_set), and an entry's line in the file is
+ * found again only when a message needs it. */
 typedef struct dcu_conf {
-    char id[FRAME_ID_SIZE + 1];         /* as written, without padding */
-    uint8_t sid[FRAME_ID_SIZE];         /* padded, as on the wire */
+    char id[FRAME_ID_SIZE + 1];         /* as written; NUL-padded, so that its
+                                           8 bytes sort as the padded SIDs */
+    char poll[POLL_CMDS_MAX];           /* request letters in order, "k" by
+                                           default; NUL-terminated when shorter */
     uint8_t has_addr;
     uint8_t has_key;
     uint8_t removed;                    /* by a reload: kept while a slot may name it */
     sys_addr addr;
     uint8_t key[KEY_SIZE];
-    char poll[POLL_CMDS_MAX + 1];       /* request letters in order, "k" by default */
-    unsigned line;                      /* line of the config file */
-} dcu_conf;
+} dcu_conf;                             /* 56 bytes */
 
 typedef struct fep_config {
     char fep_id[FRAME_ID_SIZE + 1];
@@ -666,7 +685,7 @@ typedef struct store_out {
     ino_t ino;                          /* a file replaced under fepd */
     size_t used;                        /* bytes in buf not yet written */
     size_t written;                     /* bytes written this pass, not yet committed */
-    uint8_t buf[STORE_BUF_SIZE];
+    uint8_t buf[STORE_BUF_SIZE];        /* last: store_open does not touch it */
 } store_out;
 
 typedef struct store {
@@ -735,6 +754,13 @@ void store_close(store *s);
  * data_dir/fepd.generation ---- */
 
 #define STATE_KCV_SIZE 8
+/* Changes listed between two saves: in one pass a slot raises at most one
+ * mark (its frame then waits for the pass's commit, which saves it) and
+ * ends at most one session.  (A test build may make it small, to take the
+ * overflow paths.) */
+#ifndef STATE_LIST_MAX
+#define STATE_LIST_MAX (SESSIONS_MAX + REJECT_SLOTS + METRICS_SLOTS)
+#endif
 
 /* One key fepd has ever used, named by its check value. */
 typedef struct key_state {
@@ -751,22 +777,32 @@ typedef struct rx_mark {
     uint32_t last_ic;                   /* highest IC accepted; 0 none */
 } rx_mark;                              /* 16 bytes */
 
+/* The state of one DCU, parallel to the config's table.  Its key is its
+ * mark's (marks[mark].key, state_dcu_key): one index says both. */
 typedef struct dcu_state {
-    int32_t key;                        /* index into keys, or -1 when unkeyed */
-    int32_t mark;                       /* index into marks, or -1 when unkeyed */
-    int32_t session;                    /* slot index, or -1 */
-    uint16_t next_qsn;
-    uint8_t changed;                    /* lines not yet written (state_touch) */
-    int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
-    uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
-    uint8_t poll_failures;              /* poll cycles failed in a row (back-off) */
     int64_t next_poll_ms;
     int64_t last_success_s;             /* wall clock; 0 never */
-    uint64_t sessions_ok;
-    uint64_t sessions_failed;
     uint64_t records;
-    fep_err last_error;
-} dcu_state;
+    uint32_t sessions_ok;               /* a session a second: 136 years */
+    uint32_t sessions_failed;
+    int32_t mark;                       /* index into marks, or -1 when unkeyed */
+    int16_t session;                    /* slot index, or -1 */
+    uint16_t next_qsn;
+    uint16_t slot_refs;                 /* slots that name this DCU (reload reuse) */
+    uint8_t last_error;                 /* a fep_err: all of them are below 256 */
+    uint8_t changed;                    /* lines not yet written (state_touch) */
+    int8_t cycle_result;                /* --once: 0 not yet, 1 ok, -1 failed */
+    uint8_t poll_failures;              /* poll cycles failed in a row (back-off) */
+} dcu_state;                            /* 48 bytes */
+
+/* What each DCU of max_dcus costs: its config entry and the reload table's,
+ * each with its by_sid index; its state; two keys and two marks (the
+ * tables hold 2 x max_dcus); and their two hash indexes, 5/4 of a 4-byte
+ * slot per entry.  fepd prints the figure it allocated at start-up. */
+#define DCU_BYTES (2 * (sizeof(dcu_conf) + sizeof(unsigned)) + \
+                   sizeof(dcu_state) + 2 * sizeof(key_state) + \
+                   2 * sizeof(rx_mark) + 2 * 2 * 5 * sizeof(uint32_t) / 4)
+FEP_STATIC_ASSERT(DCU_BYTES <= DCU_BYTES_MAX, dcu_size);
 
 /* How state_open treats what it finds. */
 typedef struct state_start {
@@ -786,7 +822,7 @@ typedef struct fep_state {
     unsigned n_marks, marks_cap;
     uint32_t *key_index;                /* open addressing: keys by KCV */
     uint32_t *mark_index;               /* open addressing: marks by DCU and key */
-    unsigned index_mask;                /* both indexes have index_mask + 1 slots */
+    unsigned index_size;                /* slots of each index: 1.25 x the cap */
     dcu_state *dcus;                    /* parallel to cfg->dcus, dcus_cap room */
     unsigned n_dcus, dcus_cap;
     uint64_t generation;                /* of the snapshot on disk */
@@ -794,12 +830,18 @@ typedef struct fep_state {
     int dirty;                          /* something changed since the last save */
     int marks_raised;                   /* a mark rose: save before the pass's ACKs */
     uint64_t syncs;                     /* journal appends and snapshots written */
-    unsigned *marks_changed;            /* marks raised since the last save */
+    /* What changed since the last save, for the journal.  Marks are saved
+     * in the pass that raised them, so their list is as long as what the
+     * slots can raise in one pass; statistics wait up to a second (fep.c
+     * STATS_SAVE_MS).  When a list overflows (a busy second, saves that
+     * failed), the flags (statistics) or the whole snapshot (marks) take
+     * over. */
+    unsigned marks_changed[STATE_LIST_MAX]; /* marks raised (a mark may repeat) */
     unsigned n_marks_changed;
-    uint8_t *mark_listed;               /* per mark: in marks_changed */
-    unsigned *changed;                  /* DCUs whose dcu_state.changed is set */
+    int marks_overflow;                 /* some were not listed: compact */
+    unsigned changed[STATE_LIST_MAX];   /* DCUs whose dcu_state.changed is set */
     unsigned n_changed;
-    int changed_rescan;                 /* the list lost track: rebuild it from the flags */
+    int changed_rescan;                 /* some were not listed: scan the flags */
     off_t journal_size;                 /* whole lines fepd wrote; -1: compact before appending */
     char *buf;                          /* the write buffer (snapshot, journal lines) */
     size_t buf_cap;
@@ -816,6 +858,11 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
 /* The next IC to send under key k; reserves a new block on disk first when
  * needed.  0 when no IC can be had (reservation failed, or exhausted). */
 uint32_t state_take_ic(fep_state *st, unsigned k);
+/* DCU dcu's key: an index into keys, or -1 when unkeyed. */
+int state_dcu_key(const fep_state *st, unsigned dcu);
+/* The bytes state_open allocated; *dcu_tables: those that grow with
+ * max_dcus (the DCU table, keys, marks and their indexes). */
+size_t state_memory(const fep_state *st, size_t *dcu_tables);
 /* DCU dcu's replay mark under its current key (0 when unkeyed). */
 uint32_t state_rx_mark(const fep_state *st, unsigned dcu);
 /* Raises DCU dcu's replay mark to ic: the next state_save makes it durable,
@@ -881,55 +928,65 @@ enum slot_wait {
  * opened by fep.c slot_open and closed by fep.c slot_close, the only two
  * places that touch fd; between them session.c decides what is read and
  * written.  rx and tx are reset by slot_open, never freed.
+ *
+ * Buffers.  A poll, push or reject slot reads frames into rx (one largest
+ * frame: stop-and-wait) and queues its own frames in tx, which holds the
+ * most one pass queues, an ACK and the next request (TX_BUF_SIZE).  A
+ * metrics slot reads its HTTP request into rx.buf; once the request is
+ * parsed those bytes are not needed again, and the response is rendered
+ * into rx.buf, a chunk at a time.  So what a slot writes is
+ * out[tx_off..tx_len) with out = tx for a session and out = rx.buf for a
+ * metrics slot (fep.c slot_out); tx_len and tx_off count in that buffer.
  */
 typedef struct session {
-    enum slot_state state;
-    enum slot_kind kind;
-    enum slot_wait wait;
-    uint32_t gen;                       /* +1 at every open: stale references fail */
-    int fd;
-    int dcu;                            /* bound DCU index, or -1 */
-    sys_addr peer;
-    const char *opened_at;              /* "file:line" of the open, for the ledger */
+    frame_rx rx;                        /* receive side; a metrics response */
+    uint8_t tx[TX_BUF_SIZE];            /* frames of a poll, push or reject slot */
+    gcm_key key;                        /* of the DCU we talk to, when keyed */
     int64_t opened_ms;
     int64_t session_deadline_ms;        /* timeout_session */
     int64_t io_deadline_ms;             /* what wait names */
-    int64_t write_deadline_ms;          /* 0 while tx is empty; timeout_write */
-    fep_err result;                     /* first error; FEP_OK: success */
-    /* receive side */
-    frame_rx rx;
-    uint32_t garbage_counted;           /* part of rx.garbage already in stats */
-    /* transmit side: tx[tx_off..tx_len) is still to be written */
-    uint8_t tx[TX_BUF_SIZE];
-    size_t tx_len, tx_off;
-    int shut_wr;                        /* DRAINING: our side already shut down */
-    uint16_t msn;                       /* our frame counter on this connection */
-    /* security: key of the DCU we talk to, set when it is known */
+    int64_t write_deadline_ms;          /* 0 while out is empty; timeout_write */
+    const char *opened_at;              /* "file:line" of the open, for the ledger */
+    sys_addr peer;
+    uint32_t gen;                       /* +1 at every open: stale references fail */
+    int fd;
+    int dcu;                            /* bound DCU index, or -1 */
     int key_index;                      /* into state.keys, or -1: plaintext */
     int mark_index;                     /* into state.marks, or -1: plaintext */
-    gcm_key key;
-    uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
-    /* the exchange */
-    char poll[POLL_CMDS_MAX + 1];       /* poll: the cycle's requests, as it began */
-    unsigned request;                   /* poll: index into poll */
-    uint8_t expect;                     /* poll: response command expected */
-    int exchange_open;                  /* poll: request sent; push: packet 0 seen */
-    uint16_t qsn;
-    uint16_t next_fsn;
-    int have_acked;                     /* acked_fsn is meaningful */
-    uint16_t acked_fsn;
-    unsigned crc_strikes;
+    uint32_t garbage_counted;           /* part of rx.garbage already in stats */
     uint32_t records;                   /* rows stored in this session */
-    unsigned failures;                  /* requests that ended without a reply */
-    int close_now;                      /* DRAINING: close without flushing or lingering */
-    int accounted;                      /* the exchange ended and was counted */
+    uint32_t metrics_cursor;            /* metrics: next line to render */
+    enum slot_state state;
+    enum slot_kind kind;
+    enum slot_wait wait;
+    fep_err result;                     /* first error; FEP_OK: success */
     /* SLOT_STORING: the frame whose effect awaits the pass's commit */
     enum sess_pending pending;
     uint16_t pending_fsn;
-    int pending_last;
-    int pending_rows;
-    uint32_t metrics_cursor;            /* metrics: next line to render */
+    int16_t pending_rows;               /* rows of one packet: at most 118 */
+    uint8_t pending_last;
+    /* transmit side: out[tx_off..tx_len) is still to be written */
+    uint16_t tx_len, tx_off;
+    uint16_t msn;                       /* our frame counter on this connection */
+    uint8_t peer_sid[FRAME_ID_SIZE];    /* DID of what we send */
+    /* the exchange */
+    char poll[POLL_CMDS_MAX + 1];       /* poll: the cycle's requests, as it began */
+    uint8_t request;                    /* poll: index into poll */
+    uint8_t expect;                     /* poll: response command expected */
+    uint8_t exchange_open;              /* poll: request sent; push: packet 0 seen;
+                                           metrics: the response is rendering */
+    uint16_t qsn;
+    uint16_t next_fsn;
+    uint16_t acked_fsn;
+    uint8_t have_acked;                 /* acked_fsn is meaningful */
+    uint8_t crc_strikes;                /* consecutive; CRC_STRIKES_MAX ends it */
+    uint8_t failures;                   /* requests that ended without a reply */
+    uint8_t shut_wr;                    /* DRAINING: our side already shut down */
+    uint8_t close_now;                  /* DRAINING: close without flushing or lingering */
+    uint8_t accounted;                  /* the exchange ended and was counted */
 } session;
+
+FEP_STATIC_ASSERT(sizeof(session) <= SLOT_BYTES_MAX, slot_size);
 
 typedef struct fep_stats {
     uint64_t sessions_total[2][2];      /* [KIND_POLL/KIND_PUSH][0 ok, 1 error] */

@@ -35,8 +35,10 @@
 
 #include "fep.h"
 
-/* The receive buffer must hold a partial frame and a whole one after it. */
-FEP_STATIC_ASSERT(RX_BUF_SIZE >= 2 * FRAME_SIZE_MAX, rx_buf_two_frames);
+/* The receive buffer must hold one largest frame (see "Receive buffer"),
+ * and its offsets are 16 bits. */
+FEP_STATIC_ASSERT(RX_BUF_SIZE >= FRAME_SIZE_MAX, rx_buf_one_frame);
+FEP_STATIC_ASSERT(RX_BUF_SIZE <= UINT16_MAX, rx_offsets_16_bits);
 /* The encoder writes LEN into 16 bits. */
 FEP_STATIC_ASSERT(FRAME_LEN_MAX <= 0xFFFF, len_fits_u16);
 
@@ -190,12 +192,17 @@ frame_result frame_scan(const uint8_t *buf, size_t len, frame *f,
  * so that its pointers stay valid until the caller comes back.
  *
  * A caller must take frames with frame_rx_next until FRAME_NEED_MORE before
- * it reads more.  Then at most a partial frame (< FRAME_SIZE_MAX bytes) is
- * held, and frame_rx_space offers at least FRAME_SIZE_MAX bytes, enough to
- * complete any frame: either the free tail is already that large, or the
- * partial frame is moved to the front, which leaves RX_BUF_SIZE -
- * (FRAME_SIZE_MAX - 1) = 2049 bytes or more.  A caller that leaves whole
- * frames untaken can be offered less, down to 0 when the buffer is full.
+ * it reads more.  Then what is held is at most a partial frame: a header
+ * whose frame is not all there yet, so fewer than FRAME_SIZE_MAX bytes
+ * (frame_scan never answers NEED_MORE with a whole frame present), and no
+ * garbage (that is consumed at once).  frame_rx_space moves those bytes to
+ * the front whenever the tail behind them is too short for the rest of a
+ * largest frame, which leaves RX_BUF_SIZE - held >= FRAME_SIZE_MAX - held
+ * bytes of room: enough to complete any frame, and at least one byte.  So
+ * one largest frame is all the buffer needs (stop-and-wait puts one frame in
+ * flight); the move costs at most FRAME_SIZE_MAX - 1 bytes per read.  A
+ * caller that leaves whole frames untaken can be offered less, down to 0
+ * when the buffer is full.
  * ---------------------------------------------------------------------- */
 
 void frame_rx_reset(frame_rx *rx)
@@ -208,7 +215,7 @@ void frame_rx_reset(frame_rx *rx)
 
 static void rx_release_pending(frame_rx *rx)
 {
-    rx->start += rx->pending;
+    rx->start = (uint16_t)(rx->start + rx->pending);
     rx->pending = 0;
     if (rx->start == rx->end) {
         /* Empty: start over at the front for free, no memmove needed. */
@@ -220,10 +227,11 @@ static void rx_release_pending(frame_rx *rx)
 uint8_t *frame_rx_space(frame_rx *rx, size_t *room)
 {
     rx_release_pending(rx);
-    /* Less than a frame's room behind the data: move it to the front. */
-    if (RX_BUF_SIZE - rx->end < FRAME_SIZE_MAX && rx->start > 0) {
-        memmove(rx->buf, rx->buf + rx->start, rx->end - rx->start);
-        rx->end -= rx->start;
+    /* The tail cannot take the rest of a largest frame starting at start
+     * (start + FRAME_SIZE_MAX > RX_BUF_SIZE): move the data to the front. */
+    if (rx->start > RX_BUF_SIZE - FRAME_SIZE_MAX) {
+        memmove(rx->buf, rx->buf + rx->start, (size_t)(rx->end - rx->start));
+        rx->end = (uint16_t)(rx->end - rx->start);
         rx->start = 0;
     }
     *room = RX_BUF_SIZE - rx->end;
@@ -232,8 +240,8 @@ uint8_t *frame_rx_space(frame_rx *rx, size_t *room)
 
 void frame_rx_commit(frame_rx *rx, size_t n)
 {
-    assert(n <= RX_BUF_SIZE - rx->end);
-    rx->end += n;
+    assert(n <= (size_t)(RX_BUF_SIZE - rx->end));
+    rx->end = (uint16_t)(rx->end + n);
 }
 
 static void rx_count_garbage(frame_rx *rx, size_t n)
@@ -254,8 +262,8 @@ frame_result frame_rx_next(frame_rx *rx, frame *f)
     r = frame_scan(rx->buf + rx->start, rx->end - rx->start, f, &consumed,
                    &skipped);
     rx_count_garbage(rx, skipped);
-    rx->start += skipped;
-    rx->pending = consumed - skipped;
+    rx->start = (uint16_t)(rx->start + skipped);
+    rx->pending = (uint16_t)(consumed - skipped);
     return r;
 }
 

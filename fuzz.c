@@ -283,8 +283,10 @@ static void rx_compare(const uint8_t *buf, size_t len, size_t n_items,
             uint8_t *p = frame_rx_space(&rx, &room);
             uint32_t x = xorshift(&seed);
 
-            /* Every frame was taken: a whole frame must fit. */
-            FUZZ_CHECK(room >= FRAME_SIZE_MAX);
+            /* Every frame was taken: a partial frame is held at the
+             * front, and the room completes any frame. */
+            FUZZ_CHECK(p == rx.buf + frame_rx_held(&rx));
+            FUZZ_CHECK(room > 0 && frame_rx_held(&rx) + room >= FRAME_SIZE_MAX);
             want = (x & 3) == 0 ? room : 1 + (x >> 8) % 300;
             if (want > room)
                 want = room;
@@ -629,7 +631,7 @@ static void check_tx(fepd *d, session *s)
         FUZZ_CHECK(!(f.ctl & CTL_DIR_DCU) && (f.ctl & CTL_LAST));
         FUZZ_CHECK(memcmp(f.sid, d->cfg.sid, FRAME_ID_SIZE) == 0);
         i = config_find_dcu(&d->cfg, f.did);
-        key = i >= 0 ? d->state.dcus[i].key : -1;
+        key = i >= 0 ? state_dcu_key(&d->state, (unsigned)i) : -1;
         if (key >= 0) {
             gcm_key gk;
             uint32_t ic;
@@ -673,11 +675,12 @@ static void check_state(fepd *d, session *s)
         /* Bound while it exchanges; a draining slot may have let the DCU
          * go already, so that its next session is not BUSY. */
         int held = d->state.dcus[s->dcu].session;
+        uint8_t sid[FRAME_ID_SIZE];
 
         FUZZ_CHECK(held == 0 || (held == -1 && s->state == SLOT_DRAINING));
-        FUZZ_CHECK(memcmp(s->peer_sid, d->cfg.dcus[s->dcu].sid,
-                          FRAME_ID_SIZE) == 0);
-        FUZZ_CHECK(s->key_index == d->state.dcus[s->dcu].key);
+        frame_id_set(sid, d->cfg.dcus[s->dcu].id);
+        FUZZ_CHECK(memcmp(s->peer_sid, sid, FRAME_ID_SIZE) == 0);
+        FUZZ_CHECK(s->key_index == state_dcu_key(&d->state, (unsigned)s->dcu));
         FUZZ_CHECK(s->kind != KIND_REJECT);
     }
     for (i = 0; i < d->state.n_dcus; i++) {
@@ -795,7 +798,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t room, n;
         uint8_t *p = frame_rx_space(&s->rx, &room);
 
-        FUZZ_CHECK(room >= FRAME_SIZE_MAX);
+        /* Every frame was taken (or the slot would not be ACTIVE): the
+         * room completes the partial frame held. */
+        FUZZ_CHECK(room > 0 && frame_rx_held(&s->rx) + room >= FRAME_SIZE_MAX);
         if (pos == len) {
             /* End of stream: what is held is taken, then the slot ends. */
             if (store_refuses)

@@ -23,19 +23,22 @@
  * Sending
  * ---------------------------------------------------------------------- */
 
-/* Room for n more bytes in tx, moving what is unsent to the front. */
+/* Room for n more bytes in tx, moving what is unsent to the front.  tx
+ * holds what one pass queues for a peer that waits for each answer (an
+ * ACK and the next request); a peer that sends frame after frame without
+ * reading fills it, and its session ends. */
 static int tx_make_room(session *s, size_t n)
 {
     if (s->tx_off == s->tx_len) {
         s->tx_off = 0;
         s->tx_len = 0;
     }
-    if (TX_BUF_SIZE - s->tx_len >= n)
+    if ((size_t)(TX_BUF_SIZE - s->tx_len) >= n)
         return 0;
-    memmove(s->tx, s->tx + s->tx_off, s->tx_len - s->tx_off);
-    s->tx_len -= s->tx_off;
+    memmove(s->tx, s->tx + s->tx_off, (size_t)(s->tx_len - s->tx_off));
+    s->tx_len = (uint16_t)(s->tx_len - s->tx_off);
     s->tx_off = 0;
-    return TX_BUF_SIZE - s->tx_len >= n ? 0 : -1;
+    return (size_t)(TX_BUF_SIZE - s->tx_len) >= n ? 0 : -1;
 }
 
 /*
@@ -72,7 +75,7 @@ static int send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
     if (n == 0)
         return -1;
     log_hex("sent", s->tx + s->tx_len, n);
-    s->tx_len += n;
+    s->tx_len = (uint16_t)(s->tx_len + n);
     s->msn++;
     d->stats.frames_sent++;
     return 0;
@@ -144,8 +147,11 @@ static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
         log_msg(LOG_WARN, "%s %s: NACK %s (%s)", kind_name(s),
                 peer_name(d, s, name), fep_nack_name(code), fep_strerror(code));
     payload[0] = (uint8_t)code;
-    if (send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload) == 0)
-        d->stats.nacks_sent[code]++;
+    if (send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload) != 0) {
+        sess_end(d, s, FEP_ERR_NOSPACE);    /* a NACK is never dropped silently */
+        return;
+    }
+    d->stats.nacks_sent[code]++;
 }
 
 static void nack_and_end(fepd *d, session *s, const frame *f, fep_err code)
@@ -205,7 +211,7 @@ static void next_request(fepd *d, session *s)
 static void peer_set(fepd *d, session *s, int i, const uint8_t sid[FRAME_ID_SIZE])
 {
     memcpy(s->peer_sid, sid, FRAME_ID_SIZE);
-    s->key_index = i >= 0 ? d->state.dcus[i].key : -1;
+    s->key_index = i >= 0 ? state_dcu_key(&d->state, (unsigned)i) : -1;
     s->mark_index = i >= 0 ? d->state.dcus[i].mark : -1;
     if (s->key_index >= 0)
         gcm_init(&s->key, d->cfg.dcus[i].key);
@@ -221,10 +227,13 @@ static void bind_dcu(fepd *d, session *s, int i)
 
 void sess_poll_start(fepd *d, session *s, int dcu)
 {
+    uint8_t sid[FRAME_ID_SIZE];
+
     /* The session keeps what it began with: a reload that changes the DCU
      * meanwhile applies to its next session. */
-    memcpy(s->poll, d->cfg.dcus[dcu].poll, sizeof s->poll);
-    peer_set(d, s, dcu, d->cfg.dcus[dcu].sid);
+    memcpy(s->poll, d->cfg.dcus[dcu].poll, sizeof d->cfg.dcus[dcu].poll);
+    frame_id_set(sid, d->cfg.dcus[dcu].id);
+    peer_set(d, s, dcu, sid);
     bind_dcu(d, s, dcu);
 }
 
@@ -446,7 +455,8 @@ static void handle_frame(fepd *d, session *s, frame_result r, const frame *f)
             nack_and_end(d, s, f, FEP_ERR_CRC);
         } else {
             send_nack(d, s, f, FEP_ERR_CRC);
-            wait_frame(d, s);
+            if (s->state == SLOT_ACTIVE)    /* not ended by a full tx */
+                wait_frame(d, s);
         }
         return;
     }
@@ -548,10 +558,10 @@ void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result)
     if (dcu >= 0) {
         dcu_state *ds = &d->state.dcus[dcu];
         if (ok) {
-            ds->sessions_ok++;
+            ds->sessions_ok += ds->sessions_ok < UINT32_MAX; /* saturates */
             ds->last_success_s = sys_wall_s();
         } else {
-            ds->sessions_failed++;
+            ds->sessions_failed += ds->sessions_failed < UINT32_MAX;
             ds->last_error = result;
         }
         if (kind == KIND_POLL)

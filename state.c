@@ -5,10 +5,11 @@
  * snapshot state_dir/fepd.state and the journal state_dir/fepd.journal
  * beside it; and the rollback witness data_dir/fepd.generation.
  *
- * Owns: the state tables (keys, marks, their two hash indexes, dcus, the
- * list of changed DCUs) and the write buffer, allocated once in state_open
- * and freed in state_release; the three files.  Must not touch: sessions,
- * sockets, the CSV files.  Every file operation goes through the sys.c seam.
+ * Owns: the state tables (keys, marks, their two hash indexes, dcus) and
+ * the write buffer, allocated once in state_open and freed in
+ * state_release; the lists of what changed, inside fep_state; the three
+ * files.  Must not touch: sessions, sockets, the CSV files.  Every file
+ * operation goes through the sys.c seam.
  *
  * Why it is shaped this way (PROTOCOL.md section 4).  Reusing an IC under a
  * key reuses a GCM IV, which breaks secrecy and authenticity under that key;
@@ -139,14 +140,21 @@ static void kcv_of(const uint8_t key[KEY_SIZE], uint8_t kcv[STATE_KCV_SIZE])
     memset(block, 0, sizeof block);
 }
 
+/* Linear probing over index_size slots (not a power of two: the index is
+ * sized to the table, at most 4/5 full). */
+static size_t probe_next(const fep_state *st, size_t i)
+{
+    return i + 1 == st->index_size ? 0 : i + 1;
+}
+
 /* The slot of kcv in key_index: where it is, or the empty slot where it
  * goes.  The index has more slots than the table can hold: a probe ends. */
 static uint32_t *key_slot(const fep_state *st, const uint8_t kcv[STATE_KCV_SIZE])
 {
-    uint64_t h = fnv1a64(kcv, STATE_KCV_SIZE);
+    size_t i = (size_t)(fnv1a64(kcv, STATE_KCV_SIZE) % st->index_size);
 
-    for (;; h++) {
-        uint32_t *slot = &st->key_index[h & st->index_mask];
+    for (;; i = probe_next(st, i)) {
+        uint32_t *slot = &st->key_index[i];
         if (*slot == 0 ||
             memcmp(st->keys[*slot - 1].kcv, kcv, STATE_KCV_SIZE) == 0)
             return slot;
@@ -157,12 +165,13 @@ static uint32_t *mark_slot(const fep_state *st, const uint8_t dcu[FRAME_ID_SIZE]
                            uint32_t key)
 {
     uint8_t name[FRAME_ID_SIZE + 4];
-    uint64_t h;
+    size_t i;
 
     memcpy(name, dcu, FRAME_ID_SIZE);
     put_u32be(name + FRAME_ID_SIZE, key);
-    for (h = fnv1a64(name, sizeof name);; h++) {
-        uint32_t *slot = &st->mark_index[h & st->index_mask];
+    for (i = (size_t)(fnv1a64(name, sizeof name) % st->index_size);;
+         i = probe_next(st, i)) {
+        uint32_t *slot = &st->mark_index[i];
         const rx_mark *m;
         if (*slot == 0)
             return slot;
@@ -484,35 +493,37 @@ void state_touch(fep_state *st, unsigned dcu)
     if (d->changed)
         return;
     d->changed = 1;
-    /* Each DCU is listed once while marked, so the list has room, unless
-     * someone cleared a mark behind state.c's back: then the flags rule. */
-    if (st->n_changed < st->dcus_cap)
+    /* Each DCU is listed once while marked; more than the list holds
+     * (saves that failed, or connects refused at once by the thousand)
+     * and the flags rule: the next save scans them all. */
+    if (st->n_changed < STATE_LIST_MAX)
         st->changed[st->n_changed++] = dcu;
     else
         st->changed_rescan = 1;
 }
 
-static void marks_rebuild(fep_state *st)
+/* The number of DCUs to look at for changed flags, and the j-th of them:
+ * the list, or every DCU once it has overflowed. */
+static unsigned changed_count(const fep_state *st)
 {
-    unsigned i;
+    return st->changed_rescan ? st->n_dcus : st->n_changed;
+}
 
-    st->n_changed = 0;
-    for (i = 0; i < st->n_dcus; i++)
-        if (st->dcus[i].changed)
-            st->changed[st->n_changed++] = i;
-    st->changed_rescan = 0;
+static unsigned changed_at(const fep_state *st, unsigned j)
+{
+    return st->changed_rescan ? j : st->changed[j];
 }
 
 static void marks_clear(fep_state *st)
 {
-    unsigned j;
+    unsigned j, n = changed_count(st);
 
-    for (j = 0; j < st->n_changed; j++)
-        st->dcus[st->changed[j]].changed = 0;
+    for (j = 0; j < n; j++)
+        st->dcus[changed_at(st, j)].changed = 0;
     st->n_changed = 0;
-    for (j = 0; j < st->n_marks_changed; j++)
-        st->mark_listed[st->marks_changed[j]] = 0;
+    st->changed_rescan = 0;
     st->n_marks_changed = 0;
+    st->marks_overflow = 0;
 }
 
 uint32_t state_rx_mark(const fep_state *st, unsigned dcu)
@@ -533,7 +544,10 @@ uint32_t state_mark_value(const fep_state *st, int mark)
 
 /* A mark is listed on its own, not through its DCU: a session goes on
  * under the key it began with, even when a reload has changed the DCU's
- * key meanwhile, and the mark it raises is that key's. */
+ * key meanwhile, and the mark it raises is that key's.  A mark raised
+ * twice before a save is listed twice (its line is written twice, both
+ * with its value then); more than the list holds and the next save writes
+ * the whole snapshot. */
 void state_mark_raise(fep_state *st, int mark, uint32_t ic)
 {
     if (mark < 0 || (unsigned)mark >= st->n_marks ||
@@ -542,10 +556,17 @@ void state_mark_raise(fep_state *st, int mark, uint32_t ic)
     st->marks[mark].last_ic = ic;
     st->marks_raised = 1;
     st->dirty = 1;
-    if (st->mark_listed[mark])
-        return;
-    st->mark_listed[mark] = 1;
-    st->marks_changed[st->n_marks_changed++] = (unsigned)mark;
+    if (st->n_marks_changed < STATE_LIST_MAX)
+        st->marks_changed[st->n_marks_changed++] = (unsigned)mark;
+    else
+        st->marks_overflow = 1;
+}
+
+int state_dcu_key(const fep_state *st, unsigned dcu)
+{
+    int mark = st->dcus[dcu].mark;
+
+    return mark >= 0 ? (int)st->marks[mark].key : -1;
 }
 
 /* ------------------------------------------------------------------------
@@ -636,7 +657,7 @@ static int journal_commit(writer *w, const char **what)
 static int journal_append_marked(fep_state *st, const char **what)
 {
     writer w;
-    unsigned j;
+    unsigned j, n = changed_count(st);
 
     memset(&w, 0, sizeof w);
     w.st = st;
@@ -646,8 +667,8 @@ static int journal_append_marked(fep_state *st, const char **what)
     for (j = 0; j < st->n_marks_changed; j++)
         writer_put(&w, rx_line_put(writer_at(&w), st,
                                    &st->marks[st->marks_changed[j]]));
-    for (j = 0; j < st->n_changed; j++) {
-        unsigned i = st->changed[j];
+    for (j = 0; j < n; j++) {
+        unsigned i = changed_at(st, j);
         if (st->dcus[i].changed && dcu_has_stats(&st->dcus[i]))
             writer_put(&w, dcu_line_put(writer_at(&w), &st->cfg->dcus[i],
                                         &st->dcus[i]));
@@ -757,9 +778,9 @@ static int state_save_err(fep_state *st, int snapshot, char *err,
     const char *what, *where;
     int rc = -2;
 
-    if (st->changed_rescan)
-        marks_rebuild(st);
-    if (!snapshot && (st->n_changed > 0 || st->n_marks_changed > 0)) {
+    /* Marks that were not listed are only in the whole snapshot. */
+    if (!snapshot && !st->marks_overflow &&
+        (changed_count(st) > 0 || st->n_marks_changed > 0)) {
         rc = journal_append_marked(st, &what);
         if (rc == -1) {
             snprintf(err, errlen, "%s: append (%s): %s", st->journal_path,
@@ -1039,8 +1060,9 @@ static const char *load_dcu(state_loader *l, char **f, unsigned n)
         return NULL;
     d = &l->st->dcus[i];
     d->last_success_s = (int64_t)v[0];
-    d->sessions_ok = v[1];
-    d->sessions_failed = v[2];
+    /* Counted in 32 bits (dcu_state): a larger count stays at the top. */
+    d->sessions_ok = v[1] > UINT32_MAX ? UINT32_MAX : (uint32_t)v[1];
+    d->sessions_failed = v[2] > UINT32_MAX ? UINT32_MAX : (uint32_t)v[2];
     d->records = v[3];
     return NULL;
 }
@@ -1520,29 +1542,39 @@ static int state_adopt_marks(fep_state *st, const char *pattern,
 static int state_alloc(fep_state *st, const fep_config *cfg)
 {
     unsigned cap = cfg->max_dcus > cfg->n_dcus ? cfg->max_dcus : cfg->n_dcus;
-    size_t slots = 1;
 
     if (cap == 0)
         cap = 1;
     st->dcus_cap = cap;
     st->keys_cap = st->marks_cap = 2 * cap;
-    /* A load factor of at most 4/5 keeps probes short. */
-    while (slots < (size_t)st->keys_cap + st->keys_cap / 4 + 1)
-        slots *= 2;
-    st->index_mask = (unsigned)(slots - 1);
-    st->dcus = calloc(cap, sizeof *st->dcus);
-    st->changed = calloc(cap, sizeof *st->changed);
-    st->keys = calloc(st->keys_cap, sizeof *st->keys);
-    st->marks = calloc(st->marks_cap, sizeof *st->marks);
-    st->marks_changed = calloc(st->marks_cap, sizeof *st->marks_changed);
-    st->mark_listed = calloc(st->marks_cap, 1);
-    st->key_index = calloc(slots, sizeof *st->key_index);
-    st->mark_index = calloc(slots, sizeof *st->mark_index);
+    /* A load factor of at most 4/5 when full keeps probes short; half that
+     * while each DCU has one key and one mark.  Not rounded up to a power
+     * of two: that could take twice the memory. */
+    st->index_size = st->keys_cap + st->keys_cap / 4 + 1;
+    /* malloc, not calloc, for the tables: an entry is written whole before
+     * it is used (the DCUs of the file cleared here, a DCU a reload adds by
+     * state_dcu_set, a key or mark when added), so the room behind them is
+     * never touched and costs no memory.  The indexes must start empty. */
+    st->dcus = malloc(cap * sizeof *st->dcus);
+    st->keys = malloc(st->keys_cap * sizeof *st->keys);
+    st->marks = malloc(st->marks_cap * sizeof *st->marks);
+    if (st->dcus)
+        memset(st->dcus, 0, cfg->n_dcus * sizeof *st->dcus);
+    st->key_index = calloc(st->index_size, sizeof *st->key_index);
+    st->mark_index = calloc(st->index_size, sizeof *st->mark_index);
     st->buf_cap = STATE_BUF_SIZE;
     st->buf = malloc(st->buf_cap);
-    return st->dcus && st->changed && st->keys && st->marks &&
-           st->marks_changed && st->mark_listed && st->key_index &&
+    return st->dcus && st->keys && st->marks && st->key_index &&
            st->mark_index && st->buf ? 0 : -1;
+}
+
+size_t state_memory(const fep_state *st, size_t *dcu_tables)
+{
+    *dcu_tables = (size_t)st->dcus_cap * sizeof *st->dcus +
+                  (size_t)st->keys_cap * sizeof *st->keys +
+                  (size_t)st->marks_cap * sizeof *st->marks +
+                  2 * (size_t)st->index_size * sizeof *st->key_index;
+    return *dcu_tables + st->buf_cap;
 }
 
 static int path_join(char out[PATH_SIZE], const char *dir, const char *name)
@@ -1562,16 +1594,18 @@ static int path_join(char out[PATH_SIZE], const char *dir, const char *name)
 static int attach_one(fep_state *st, const fep_config *cfg, unsigned i)
 {
     dcu_state *d = &st->dcus[i];
-    uint8_t kcv[STATE_KCV_SIZE];
+    uint8_t kcv[STATE_KCV_SIZE], sid[FRAME_ID_SIZE];
+    int key;
 
-    d->key = d->mark = -1;
+    d->mark = -1;
     if (!cfg->dcus[i].has_key || cfg->dcus[i].removed)
         return 0;
     kcv_of(cfg->dcus[i].key, kcv);
-    d->key = key_get(st, kcv);
-    if (d->key >= 0)
-        d->mark = mark_get(st, cfg->dcus[i].sid, (uint32_t)d->key);
-    return d->key >= 0 && d->mark >= 0 ? 0 : -1;
+    frame_id_set(sid, cfg->dcus[i].id);
+    key = key_get(st, kcv);
+    if (key >= 0)
+        d->mark = mark_get(st, sid, (uint32_t)key);
+    return d->mark >= 0 ? 0 : -1;
 }
 
 static int full(const fep_state *st, char *err, size_t errlen)
@@ -1599,15 +1633,16 @@ static int state_attach(fep_state *st, const fep_config *cfg, char *err,
 
 void state_need_add(const fep_state *st, const dcu_conf *dc, state_need *need)
 {
-    uint8_t kcv[STATE_KCV_SIZE];
+    uint8_t kcv[STATE_KCV_SIZE], sid[FRAME_ID_SIZE];
     uint32_t *k;
 
     if (!dc->has_key)
         return;
     kcv_of(dc->key, kcv);
+    frame_id_set(sid, dc->id);
     k = key_slot(st, kcv);
     need->keys += *k == 0;
-    need->marks += *k == 0 || *mark_slot(st, dc->sid, *k - 1) == 0;
+    need->marks += *k == 0 || *mark_slot(st, sid, *k - 1) == 0;
 }
 
 /* DCUs that share a new key count it once each: an overestimate, so a
@@ -1687,7 +1722,8 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
     }
     /* Whatever was below RESERVED may have been sent before a crash. */
     for (i = 0; i < st->n_dcus; i++) {
-        key_state *k = st->dcus[i].key >= 0 ? &st->keys[st->dcus[i].key] : NULL;
+        int key = state_dcu_key(st, i);
+        key_state *k = key >= 0 ? &st->keys[key] : NULL;
         if (k && k->tx_ic_reserved <= k->tx_ic_next)
             k->tx_ic_reserved = reserve_end(k->tx_ic_next);
     }
@@ -1701,14 +1737,11 @@ fail:
 
 void state_release(fep_state *st)
 {
-    if (st->keys)
-        memset(st->keys, 0, st->keys_cap * sizeof *st->keys);
+    if (st->keys)                       /* the entries ever written */
+        memset(st->keys, 0, st->n_keys * sizeof *st->keys);
     free(st->dcus);
-    free(st->changed);
     free(st->keys);
     free(st->marks);
-    free(st->marks_changed);
-    free(st->mark_listed);
     free(st->key_index);
     free(st->mark_index);
     free(st->buf);

@@ -965,9 +965,14 @@ int store_open(store *s, const store_config *c, char *err, size_t errlen)
 {
     unsigned i;
 
-    memset(s, 0, sizeof *s);
-    for (i = 0; i < STORE_FILES; i++)
+    /* Every field but the buffers (the last field of each file's): a
+     * buffer's pages are touched only when rows reach them, so the files
+     * that get none cost no memory. */
+    memset(s, 0, offsetof(store, out));
+    for (i = 0; i < STORE_FILES; i++) {
+        memset(&s->out[i], 0, offsetof(store_out, buf));
         s->out[i].fd = -1;
+    }
     if (strlen(c->data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
         snprintf(err, errlen, "%s: path too long", c->data_dir);
         return -1;

@@ -193,7 +193,11 @@ static void rx_feed(frame_rx *rx, rx_trace *t, const uint8_t *p, size_t n)
         size_t room, take;
         uint8_t *dst = frame_rx_space(rx, &room);
 
-        CHECK(room >= FRAME_SIZE_MAX);
+        /* Every frame was taken: what is held is a partial frame, at the
+         * front, and the room completes any frame. */
+        CHECK(frame_rx_held(rx) < FRAME_SIZE_MAX);
+        CHECK(dst == rx->buf + frame_rx_held(rx));
+        CHECK(room > 0 && frame_rx_held(rx) + room >= FRAME_SIZE_MAX);
         if (room == 0)
             return;
         take = n < room ? n : room;
@@ -220,7 +224,7 @@ static void trace_end(const frame_rx *rx, rx_trace *t)
     t->held = frame_rx_held(rx);
 }
 
-static frame_rx trace_rx;               /* 4 KiB: kept off the stack */
+static frame_rx trace_rx;               /* 2 KiB: kept off the stack */
 
 static void trace_whole(rx_trace *t, const uint8_t *p, size_t n)
 {
@@ -1122,49 +1126,54 @@ static void test_rx_buffer(void)
     frame_rx_reset(&rx);
     CHECK(frame_rx_space(&rx, &room) == rx.buf);
     CHECK_EQ(room, RX_BUF_SIZE);
+    CHECK_EQ(RX_BUF_SIZE, FRAME_SIZE_MAX);  /* one largest frame, no more */
     CHECK_EQ(frame_rx_held(&rx), 0);
 
-    /* Whole frames left untaken fill the buffer: no room until taken. */
+    /* A largest frame left untaken fills the buffer: no room until taken. */
     rx_put(&rx, a, FRAME_SIZE_MAX);
-    rx_put(&rx, b, FRAME_SIZE_MAX);
     frame_rx_space(&rx, &room);
     CHECK_EQ(room, 0);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_READY);
     CHECK_EQ(f.qsn, 1);
-    CHECK_EQ(frame_rx_held(&rx), FRAME_SIZE_MAX);
-    CHECK_EQ(frame_rx_next(&rx, &f), FRAME_READY);
-    CHECK_EQ(f.qsn, 2);
-    CHECK(f.raw == rx.buf + FRAME_SIZE_MAX);
+    CHECK(f.raw == rx.buf);
     CHECK_EQ(frame_rx_held(&rx), 0);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_NEED_MORE);
     CHECK(frame_rx_space(&rx, &room) == rx.buf);
     CHECK_EQ(room, RX_BUF_SIZE);
 
-    /* A frame and most of the next: the partial one moves to the front. */
-    rx_put(&rx, a, FRAME_SIZE_MAX);
-    rx_put(&rx, b, FRAME_SIZE_MAX - 1);
+    /* A small frame and most of a largest one fill the buffer; once the
+     * small one is taken, the partial one moves to the front and the room
+     * is exactly what it still lacks. */
+    rx_put(&rx, small, n_small);
+    rx_put(&rx, b, FRAME_SIZE_MAX - n_small);
+    frame_rx_space(&rx, &room);
+    CHECK_EQ(room, 0);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_READY);
-    CHECK_MEM(f.raw, a, FRAME_SIZE_MAX);    /* still valid until next call */
+    CHECK_MEM(f.raw, small, n_small);       /* still valid until next call */
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_NEED_MORE);
-    CHECK_EQ(frame_rx_held(&rx), FRAME_SIZE_MAX - 1);
+    CHECK_EQ(frame_rx_held(&rx), FRAME_SIZE_MAX - n_small);
     space = frame_rx_space(&rx, &room);
-    CHECK_EQ(room, RX_BUF_SIZE - FRAME_SIZE_MAX + 1);
-    CHECK(space == rx.buf + FRAME_SIZE_MAX - 1);
-    CHECK_MEM(rx.buf, b, FRAME_SIZE_MAX - 1);
-    rx_put(&rx, b + FRAME_SIZE_MAX - 1, 1);
+    CHECK(space == rx.buf + FRAME_SIZE_MAX - n_small);
+    CHECK_EQ(room, n_small);
+    CHECK_MEM(rx.buf, b, FRAME_SIZE_MAX - n_small);
+    rx_put(&rx, b + FRAME_SIZE_MAX - n_small, n_small);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_READY);
     CHECK_EQ(f.qsn, 2);
+    CHECK(f.raw == rx.buf);
+    CHECK_EQ(frame_rx_next(&rx, &f), FRAME_NEED_MORE);
 
-    /* A partial frame with a large tail behind it is not moved. */
+    /* Any partial frame behind a taken one moves to the front: held and
+     * room together always make a largest frame. */
     frame_rx_reset(&rx);
     rx_put(&rx, small, n_small);
     rx_put(&rx, small, 10);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_READY);
     CHECK_EQ(frame_rx_next(&rx, &f), FRAME_NEED_MORE);
-    space = frame_rx_space(&rx, &room);
-    CHECK(space == rx.buf + n_small + 10);
-    CHECK_EQ(room, RX_BUF_SIZE - n_small - 10);
     CHECK_EQ(frame_rx_held(&rx), 10);
+    space = frame_rx_space(&rx, &room);
+    CHECK(space == rx.buf + 10);
+    CHECK_EQ(room, RX_BUF_SIZE - 10);
+    CHECK_MEM(rx.buf, small, 10);
 
     /* Garbage is counted and dropped at once; the count saturates. */
     frame_rx_reset(&rx);

@@ -206,8 +206,11 @@ static void test_shard_config_split(void)
         for (i = 0; i < cfg.n_dcus; i++) {
             unsigned n = (unsigned)atoi(cfg.dcus[i].id + 3);
             CHECK_EQ(config_shard_of(cfg.dcus[i].id, 3), shard);
-            CHECK_EQ(config_find_dcu(&cfg, cfg.dcus[i].sid), i);
-            CHECK_EQ(config_other_shard(&cfg, cfg.dcus[i].sid), -1);
+            uint8_t sid[FRAME_ID_SIZE];
+
+            frame_id_set(sid, cfg.dcus[i].id);
+            CHECK_EQ(config_find_dcu(&cfg, sid), i);
+            CHECK_EQ(config_other_shard(&cfg, sid), -1);
             if (n >= 1 && n <= 40)
                 seen[n]++;
             if (i > 0)              /* file order kept */
