@@ -606,6 +606,21 @@ static unsigned long long log_value(const char *path, const char *prefix,
     return strtoull(v + strlen(needle), NULL, 10);
 }
 
+/* key=N of fepd's last statistics line in the log (it writes one at
+ * exit); 0 when absent. */
+static unsigned long long log_stat(const char *key)
+{
+    const char *line = NULL, *p = log_text, *v, *end;
+
+    while ((p = strstr(p, " stats: ")) != NULL)
+        line = p++;
+    if (!line)
+        return 0;
+    end = strchr(line, '\n');
+    v = strstr(line, key);
+    return v && (!end || v < end) ? strtoull(v + strlen(key), NULL, 10) : 0;
+}
+
 /* The number right after text in the log; 0 when absent. */
 static unsigned long long log_number_after(const char *text)
 {
@@ -684,6 +699,8 @@ typedef struct e2e_result {
     unsigned long long sessions, packets, records, expected;
     unsigned long long busy;            /* push: DCUs refused with NACK BUSY */
     unsigned long long static_bytes, slot_bytes, dcu_bytes;
+    unsigned long long commit_passes;   /* fepd's stats line at exit */
+    unsigned long long state_syncs;     /* state writes, each with its fsync */
     int failed;
     char why[160];
 } e2e_result;
@@ -744,6 +761,8 @@ static void fepd_startup(const char *dir, e2e_result *r)
     r->static_bytes = log_number_after("static memory ");
     r->slot_bytes = log_number_after("slots (");
     r->dcu_bytes = log_number_after("DCUs (");
+    r->commit_passes = log_stat("commit_passes=");
+    r->state_syncs = log_stat("state_syncs=");
 }
 
 /* The pushing or answering dcusim's report. */
@@ -1246,6 +1265,13 @@ static void e2e_print(const char *name, const e2e_result *r)
            per_s(r->packets, r->wall_s), per_s(r->records, r->wall_s),
            r->records ? r->fepd_cpu_s * 1e6 / (double)r->records : 0.0,
            r->failed ? "  FAILED: " : "", r->failed ? r->why : "");
+    /* What replay marks cost: made durable before the ACKs, they add a
+     * journal append and its fsync to a pass whose frames raised one. */
+    if (r->commit_passes > 0)
+        printf("%-50s %.2f state fsyncs a committed pass (%llu over %llu)\n",
+               "  fepd state", (double)r->state_syncs /
+                               (double)r->commit_passes,
+               r->state_syncs, r->commit_passes);
     fflush(stdout);
 }
 
