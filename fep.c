@@ -1,6 +1,6 @@
 /*
- * fep.c -- fepd: the command line, start-up, the select() loop, the slot
- * table, the poll scheduler, signals and shutdown.
+ * fep.c -- fepd: the command line, start-up and --check, the select()
+ * loop, the slot table, the poll scheduler, signals, reload and shutdown.
  *
  * Owns: the fepd struct and everything in it that is allocated at start-up
  * (the slot table here; the DCU tables through config_load and state_open;
@@ -17,10 +17,14 @@
  *   1. signals, the poll scheduler, the fd_sets, select() until the nearest
  *      deadline;
  *   2. accepts, then each slot's connect / read / write;
- *   3. group commit: one store_commit covers every packet read in this
- *      pass; then their ACKs (or NACK STORE) go out;
+ *   3. group commit: the replay marks the pass's frames raised are made
+ *      durable (one journal append and fsync), then one store_commit
+ *      covers every packet read in this pass; then their ACKs (or NACK
+ *      STORE) go out;
  *   4. deadlines; then the reap step closes what has finished, so no
- *      handler ever frees a slot another handler of the pass still uses.
+ *      handler ever frees a slot another handler of the pass still uses;
+ *      then, between passes, a due CSV segment is handed off (rotate) and
+ *      changed statistics are saved (at most once a second).
  */
 #include <errno.h>
 #include <signal.h>
