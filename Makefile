@@ -1,7 +1,7 @@
 # fepd -- make with any cc, under GNU make or BSD make (bmake).
-# Targets: all test sanitize valgrind bench bench-field demo soak clean; fuzz fuzz-long
-# fuzz-corpus fuzz-replay coverage test-long (README, "Testing fepd");
-# cross-test analyze (docs/PORTING.md).
+# Targets: all test sanitize valgrind bench bench-field demo soak clean;
+# fuzz fuzz-long fuzz-corpus fuzz-replay coverage test-long (README,
+# "Testing fepd"); cross-test analyze (docs/PORTING.md).
 #
 # The makefile is POSIX make plus .PHONY, which both makes know: no
 # $(wildcard), no define or export, no pattern rules, no conditionals.
@@ -57,7 +57,7 @@ PROGRAMS = fepd fepd_t dcusim fep_test fep_bench
 SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                  -fno-sanitize-recover=all
 
-.PHONY: all test sanitize valgrind bench bench-field demo soak fuzz-long clean FORCE
+.PHONY: all test sanitize valgrind bench demo soak fuzz-long clean FORCE
 
 all: $(PROGRAMS)
 
@@ -112,6 +112,7 @@ bench: fep_bench fepd dcusim
 
 # N shards of fepd and one fepd polling 4,000 keyed DCUs 200 ms away
 # (docs/BENCHMARKS.md, "Field benchmark").
+.PHONY: bench-field
 bench-field: fep_bench fepd dcusim
 	./fep_bench field
 
