@@ -1,7 +1,7 @@
 # fepd -- make with any cc, under GNU make or BSD make (bmake).
-# Targets: all test sanitize valgrind bench demo soak clean; fuzz fuzz-long
-# fuzz-corpus fuzz-replay coverage test-long (README, "Testing fepd");
-# cross-test analyze (docs/PORTING.md).
+# Targets: all test sanitize valgrind bench bench-field demo soak clean;
+# fuzz fuzz-long fuzz-corpus fuzz-replay coverage test-long (README,
+# "Testing fepd"); cross-test analyze (docs/PORTING.md).
 #
 # The makefile is POSIX make plus .PHONY, which both makes know: no
 # $(wildcard), no define or export, no pattern rules, no conditionals.
@@ -109,6 +109,12 @@ soak: fepd dcusim
 
 bench: fep_bench fepd dcusim
 	./fep_bench
+
+# N shards of fepd and one fepd polling 4,000 keyed DCUs 200 ms away
+# (docs/BENCHMARKS.md, "Field benchmark").
+.PHONY: bench-field
+bench-field: fep_bench fepd dcusim
+	./fep_bench field
 
 clean:
 	rm -f $(PROGRAMS) .build-flags

@@ -19,8 +19,10 @@
  *
  * The /metrics rows scrape a running fepd with 1,000 to 100,000 push-only
  * DCUs (see section_metrics), and print the load average beside them.
+ * The field rows poll keyed DCUs 200 ms away with N shards of fepd at once
+ * and with one fepd (see section_field).
  * Arguments name the sections to run (core throughput sustained memory
- * metrics); none runs them all.
+ * metrics field); none runs them all but field, which runs only by name.
  *
  * The targets and the goal are printed beside the figures for the reader;
  * the program never fails on a figure (a loaded machine must not break a
@@ -583,8 +585,9 @@ static int log_wait(const char *path, const char *text, const proc *pr,
     return -1;
 }
 
-/* The value after "key=" in the last line of the log that starts with
- * prefix; 0 when absent. */
+/* The value after "key=" in the last line of the log that holds prefix
+ * (dcusim's report begins a line; fepd's stats line comes after the time
+ * and level), searched from prefix on; 0 when absent. */
 static unsigned long long log_value(const char *path, const char *prefix,
                                     const char *key)
 {
@@ -592,11 +595,8 @@ static unsigned long long log_value(const char *path, const char *prefix,
     const char *line = NULL, *p = log_text, *v;
 
     log_read(path, 1);
-    while ((p = strstr(p, prefix)) != NULL) {
-        if (p == log_text || p[-1] == '\n')
-            line = p;
-        p++;
-    }
+    while ((p = strstr(p, prefix)) != NULL)
+        line = p++;
     if (!line)
         return 0;
     snprintf(needle, sizeof needle, " %s=", key);
@@ -629,47 +629,63 @@ static unsigned long long log_number_after(const char *text)
     return p ? strtoull(p + strlen(text), NULL, 10) : 0;
 }
 
+/* Appends the dcu lines of dcusim's --config-out (path) to out, each
+ * line's address replaced by addr(id, ctx) when addr is given. */
+static int conf_dcus(FILE *out, const char *path,
+                     const char *(*addr)(const char *id, void *ctx), void *ctx)
+{
+    char line[512];
+    FILE *in = fopen(path, "r");
+    int ok = 1;
+
+    if (!in)
+        return -1;
+    while (fgets(line, sizeof line, in)) {
+        char id[32], old[80], rest[400];
+
+        if (!addr) {
+            fputs(line, out);
+            continue;
+        }
+        rest[0] = '\0';
+        if (sscanf(line, "dcu %31s %79s %399[^\n]", id, old, rest) < 2) {
+            ok = 0;
+            break;
+        }
+        fprintf(out, "dcu %s %s %s\n", id, addr(id, ctx), rest);
+    }
+    ok &= !ferror(in);
+    fclose(in);
+    return ok ? 0 : -1;
+}
+
+static const char *addr_none(const char *id, void *ctx)
+{
+    (void)id;
+    (void)ctx;
+    return "-";
+}
+
 /* fepd's config: the directives, then the dcu lines of dcusim's
  * --config-out, their address replaced by '-' when push_only. */
 static int conf_write(const char *dir, int sync_packet, unsigned max_sessions,
                       unsigned listen_port, int push_only)
 {
-    char path[PATH_BENCH], line[512];
-    FILE *in, *out;
-    int ok = 1;
+    char path[PATH_BENCH];
+    FILE *out;
+    int ok;
 
     snprintf(path, sizeof path, "%s/fep.conf", dir);
     out = fopen(path, "w");
-    snprintf(path, sizeof path, "%s/dcus.conf", dir);
-    in = fopen(path, "r");
-    if (!out || !in) {
-        if (out)
-            fclose(out);
-        if (in)
-            fclose(in);
+    if (!out)
         return -1;
-    }
     fprintf(out, "data_dir %s/data\nstate_dir %s/state\nsync %s\n"
             "max_sessions %u\ntimeout_session 3600\n", dir, dir,
             sync_packet ? "packet" : "none", max_sessions);
     if (listen_port)
         fprintf(out, "listen 127.0.0.1:%u\n", listen_port);
-    while (fgets(line, sizeof line, in)) {
-        char id[32], addr[80], rest[400];
-
-        if (!push_only) {
-            fputs(line, out);
-            continue;
-        }
-        rest[0] = '\0';
-        if (sscanf(line, "dcu %31s %79s %399[^\n]", id, addr, rest) < 2) {
-            ok = 0;
-            break;
-        }
-        fprintf(out, "dcu %s - %s\n", id, rest);
-    }
-    ok &= !ferror(in);
-    fclose(in);
+    snprintf(path, sizeof path, "%s/dcus.conf", dir);
+    ok = conf_dcus(out, path, push_only ? addr_none : NULL, NULL) == 0;
     ok &= fclose(out) == 0;
     return ok ? 0 : -1;
 }
@@ -1855,6 +1871,475 @@ static int section_metrics(void)
     return failed;
 }
 
+/* ------------------------------------------------------------------------
+ * The field: keyed DCUs 200 ms away, polled once by N shards of fepd at
+ * once (`fepd -c FILE --shard I/N --once`, one config file), and by one
+ * fepd for comparison.
+ *
+ * The DCUs are played by dcusim processes with --latency, each answering
+ * for at most FIELD_PER_SIM DCUs, all of one shard: a dcusim answers under
+ * one FEP id (--fep-id, the DID of its frames) and every shard has its own
+ * (fep_id F{shard}: keyed shards must not send under one SID).  Each
+ * process plays the whole range of DCU numbers (some 40 bytes a DCU) and
+ * fepd's config gives each DCU the address of one process of its shard.
+ *
+ * A packet costs a round trip (stop-and-wait), so a run moves at most
+ * (sessions at once) x 76 records per round trip: the ideal printed beside
+ * the rate, with sessions at once = the sum over shards of min(its DCUs,
+ * max_sessions).  A run this short is also bound by its waves: a shard
+ * with more DCUs than max_sessions polls the rest after a first session
+ * ends, 10 round trips later (field_bound_s).
+ *
+ * fepd --once exits 0 only when every DCU's cycle succeeded; the rows in
+ * the shards' lp.csv must equal their records_stored, what the dcusim
+ * processes report acknowledged, and every record of every DCU.
+ * ---------------------------------------------------------------------- */
+
+#define FIELD_SHARDS 4                  /* BENCH_FIELD_SHARDS */
+#define FIELD_SHARDS_MAX 16
+#define FIELD_DCUS 4000                 /* BENCH_FIELD_DCUS */
+#define FIELD_DCUS_QUICK 800
+#define FIELD_DCUS_MAX 99999            /* dcusim's ids are DCU%05u */
+#define FIELD_PER_SIM 800               /* DCUs one dcusim answers for */
+#define FIELD_SIMS_MAX (FIELD_DCUS_MAX / FIELD_PER_SIM + 1 + FIELD_SHARDS_MAX)
+#define FIELD_LATENCY_MS 200
+#define FIELD_PACKETS 10                /* keyed K packets per DCU */
+#define FIELD_RECORDS (FIELD_PACKETS * LP_RECORDS_MAX_SEC)      /* 760 */
+#define READINGS_DAY (22e6 * 96)        /* 22 million meters x 96 intervals */
+
+FEP_STATIC_ASSERT(FIELD_PER_SIM <= SESSIONS_MAX, field_sim_fits_select);
+
+typedef struct field_run {
+    unsigned shards, dcus, sims;
+    unsigned owned[FIELD_SHARDS_MAX];   /* DCUs of each shard */
+    unsigned sims_of[FIELD_SHARDS_MAX]; /* its dcusim processes ... */
+    unsigned first_sim[FIELD_SHARDS_MAX]; /* ... from this index on */
+    unsigned routed[FIELD_SHARDS_MAX];  /* its DCUs given an address so far */
+    unsigned sim_shard[FIELD_SIMS_MAX]; /* the shard each dcusim answers */
+    unsigned port[FIELD_SIMS_MAX];      /* each dcusim's */
+    unsigned sessions;                  /* sessions at once, at most */
+    unsigned waves, biggest;            /* of the shard with most DCUs */
+    unsigned long long rss[FIELD_SHARDS_MAX]; /* each shard's peak */
+    unsigned long long rows, stored, acked; /* lp.csv; fepd; dcusim */
+    char dir[DIR_SIZE];
+    char addr[32];                      /* field_addr's answer */
+    e2e_result r;                       /* wall, CPU, records, failure */
+} field_run;
+
+static proc field_feps[FIELD_SHARDS_MAX];
+static proc field_sims[FIELD_SIMS_MAX];
+
+static unsigned field_shard_of(const char *id, unsigned shards)
+{
+    return jump_hash(fnv1a64(id, strlen(id)), shards);
+}
+
+/* Which shard owns each DCU, hence the dcusim processes of each shard and
+ * the sessions that can be open at once. */
+static void field_plan(field_run *f)
+{
+    char id[16];
+    unsigned n, i, k;
+
+    for (n = 1; n <= f->dcus; n++) {
+        snprintf(id, sizeof id, "DCU%05u", n);
+        f->owned[field_shard_of(id, f->shards)]++;
+    }
+    for (i = 0; i < f->shards; i++) {
+        f->first_sim[i] = f->sims;
+        f->sims_of[i] = (f->owned[i] + FIELD_PER_SIM - 1) / FIELD_PER_SIM;
+        for (k = 0; k < f->sims_of[i]; k++)
+            f->sim_shard[f->sims++] = i;
+        f->sessions += f->owned[i] < SESSIONS_MAX ? f->owned[i] : SESSIONS_MAX;
+        if (f->owned[i] > f->biggest)
+            f->biggest = f->owned[i];
+    }
+    f->waves = (f->biggest + SESSIONS_MAX - 1) / SESSIONS_MAX;
+}
+
+/* A free port for each dcusim, no two alike; 0 or -1. */
+static int field_ports(field_run *f)
+{
+    unsigned i, j, tries;
+
+    for (i = 0; i < f->sims; i++) {
+        for (tries = 0; tries < 20; tries++) {
+            f->port[i] = free_port();
+            for (j = 0; j < i && f->port[j] != f->port[i]; j++)
+                ;
+            if (f->port[i] != 0 && j == i)
+                break;
+        }
+        if (tries == 20)
+            return -1;
+    }
+    return 0;
+}
+
+/* dcusim k: every DCU number, answering as its shard's FEP; the first one
+ * writes the dcu lines.  0 or -1. */
+static int field_sim_start(field_run *f, unsigned k)
+{
+    char log_path[PATH_BENCH];
+    e2e_spec e;
+    argv_buf a;
+
+    memset(&e, 0, sizeof e);
+    e.dcus = f->dcus;
+    e.records = FIELD_RECORDS;
+    e.meters = 1;
+    e.keyed = 1;
+    a.n = 0;
+    arg(&a, "%s", DCUSIM_PATH, 0);
+    arg(&a, "--listen", NULL, 0);
+    arg(&a, "127.0.0.1:%lu", NULL, f->port[k]);
+    sim_dcu_args(&a, &e);
+    arg(&a, "--latency", NULL, 0);
+    arg(&a, "%lu", NULL, FIELD_LATENCY_MS);
+    arg(&a, "--fep-id", NULL, 0);
+    arg(&a, "F%lu", NULL, f->sim_shard[k]);
+    if (k == 0) {
+        arg(&a, "--config-out", NULL, 0);
+        arg(&a, "%s/dcus.conf", f->dir, 0);
+    }
+    snprintf(log_path, sizeof log_path, "%s/dcusim%u.log", f->dir, k);
+    return proc_start(&field_sims[k], a.v, log_path);
+}
+
+/* A DCU's address in fep.conf: the processes of its shard in turn. */
+static const char *field_addr(const char *id, void *ctx)
+{
+    field_run *f = ctx;
+    unsigned s = field_shard_of(id, f->shards);
+    unsigned k = f->first_sim[s] + f->routed[s]++ % f->sims_of[s];
+
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%u", f->port[k]);
+    return f->addr;
+}
+
+static int field_conf(field_run *f)
+{
+    char path[PATH_BENCH];
+    FILE *out;
+    int ok;
+
+    snprintf(path, sizeof path, "%s/fep.conf", f->dir);
+    out = fopen(path, "w");
+    if (!out)
+        return -1;
+    fprintf(out, "fep_id F{shard}\ndata_dir %s/data{shard}\n"
+            "state_dir %s/state{shard}\nsync packet\nmax_sessions %d\n",
+            f->dir, f->dir, SESSIONS_MAX);
+    snprintf(path, sizeof path, "%s/dcus.conf", f->dir);
+    ok = conf_dcus(out, path, field_addr, f) == 0;
+    ok &= fclose(out) == 0;
+    return ok ? 0 : -1;
+}
+
+/* Shard i of f->shards, or the one fepd (no --shard) when there is one. */
+static int field_fep_start(field_run *f, unsigned i)
+{
+    char log_path[PATH_BENCH];
+    argv_buf a;
+
+    a.n = 0;
+    arg(&a, "%s", FEPD_PATH, 0);
+    arg(&a, "-c", NULL, 0);
+    arg(&a, "%s/fep.conf", f->dir, 0);
+    arg(&a, "--once", NULL, 0);
+    if (f->shards > 1) {
+        arg(&a, "--shard", NULL, 0);
+        snprintf(log_path, sizeof log_path, "%u/%u", i, f->shards);
+        arg(&a, "%s", log_path, 0);
+    }
+    snprintf(log_path, sizeof log_path, "%s/fepd%u.log", f->dir, i);
+    return proc_start(&field_feps[i], a.v, log_path);
+}
+
+/* Lines of a file less its header line; 0 when absent. */
+static unsigned long long csv_rows(const char *path)
+{
+    unsigned long long lines = 0;
+    int fd = open(path, O_RDONLY);
+
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        ssize_t n = read(fd, log_text, LOG_SCAN_MAX);
+        const char *p = log_text, *end;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        for (end = log_text + n; (p = memchr(p, '\n', (size_t)(end - p)));
+             p++)
+            lines++;
+    }
+    close(fd);
+    return lines ? lines - 1 : 0;
+}
+
+/* The dcusim processes, started, each waited for until it plays. */
+static void field_sims_start(field_run *f)
+{
+    char log_path[PATH_BENCH];
+    unsigned k;
+
+    for (k = 0; k < f->sims && !f->r.failed; k++)
+        if (field_sim_start(f, k) != 0)
+            fail(&f->r, "dcusim did not start");
+    for (k = 0; k < f->sims && !f->r.failed; k++) {
+        snprintf(log_path, sizeof log_path, "%s/dcusim%u.log", f->dir, k);
+        if (log_wait(log_path, "playing", &field_sims[k], 10000) != 0)
+            fail(&f->r, "dcusim did not start");
+    }
+}
+
+/* Every shard at once, each reaped by the run's deadline. */
+static void field_feps_run(field_run *f)
+{
+    long long first = 0, last = 0;
+    unsigned i, started;
+    char name[48];
+
+    if (field_conf(f) != 0) {
+        fail(&f->r, "cannot write fep.conf");
+        return;
+    }
+    f->r.listen_overflows = listen_overflows();
+    for (started = 0; started < f->shards; started++)
+        if (field_fep_start(f, started) != 0) {
+            fail(&f->r, "fepd did not start");
+            break;
+        }
+    for (i = 0; i < started; i++) {
+        proc *p = &field_feps[i];
+        /* A minute, and 10 ms a DCU, for every shard of the run. */
+        long long left = 60 + f->dcus / 100 -
+                         (now_ns() - field_feps[0].start_ns) / 1000000000LL;
+
+        if (proc_reap(p, left > 1 ? (unsigned)left : 1) != 0) {
+            if (f->shards > 1)
+                snprintf(name, sizeof name, "fepd --shard %u/%u --once", i,
+                         f->shards);
+            else
+                snprintf(name, sizeof name, "fepd --once");
+            proc_failed(&f->r, p, name);
+        }
+        if (i == 0 || p->start_ns < first)
+            first = p->start_ns;
+        if (p->end_ns > last)
+            last = p->end_ns;
+        f->r.fepd_cpu_s += proc_cpu_s(p);
+        f->rss[i] = maxrss_bytes(&p->ru);
+        if (f->rss[i] > f->r.fepd_rss)
+            f->r.fepd_rss = f->rss[i];
+    }
+    f->r.wall_s = (double)(last - first) / 1e9;
+    f->r.listen_overflows = listen_overflows() - f->r.listen_overflows;
+}
+
+/* What was stored against what was acknowledged and what was due. */
+static void field_count(field_run *f)
+{
+    char path[PATH_BENCH], why[160];
+    unsigned i;
+
+    for (i = 0; i < f->shards; i++) {
+        snprintf(path, sizeof path, "%s/data%u/lp.csv", f->dir, i);
+        f->rows += csv_rows(path);
+        snprintf(path, sizeof path, "%s/fepd%u.log", f->dir, i);
+        f->stored += log_value(path, "stats: ", "records_stored");
+    }
+    for (i = 0; i < f->sims; i++) {
+        snprintf(path, sizeof path, "%s/dcusim%u.log", f->dir, i);
+        f->acked += log_value(path, "dcusim: sessions=", "records_acked");
+    }
+    f->r.records = f->rows;
+    f->r.expected = (unsigned long long)f->dcus * FIELD_RECORDS;
+    if (f->rows != f->acked || f->stored != f->acked ||
+        f->acked != f->r.expected) {
+        snprintf(why, sizeof why, "%llu rows in lp.csv, %llu records_stored, "
+                 "%llu acknowledged, %llu due", f->rows, f->stored, f->acked,
+                 f->r.expected);
+        fail(&f->r, why);
+    }
+}
+
+static void field_run_once(field_run *f, const char *root, unsigned shards,
+                           unsigned dcus)
+{
+    unsigned k;
+
+    memset(f, 0, sizeof *f);
+    memset(field_sims, 0, sizeof field_sims);
+    f->shards = shards;
+    f->dcus = dcus;
+    field_plan(f);
+    if ((size_t)snprintf(f->dir, sizeof f->dir, "%s/n%u", root, shards) >=
+            sizeof f->dir || mkdir(f->dir, 0755) != 0 ||
+        field_ports(f) != 0) {
+        fail(&f->r, "no directory, or no free ports");
+        return;
+    }
+    field_sims_start(f);
+    if (!f->r.failed)
+        field_feps_run(f);
+    for (k = 0; k < f->sims; k++) {
+        if (field_sims[k].pid <= 0)
+            continue;
+        if (proc_stop(&field_sims[k], 30) != 0)
+            proc_failed(&f->r, &field_sims[k], "dcusim");
+        f->r.sim_cpu_s += proc_cpu_s(&field_sims[k]);
+    }
+    field_count(f);
+}
+
+static double field_ideal(const field_run *f)
+{
+    return f->sessions * (double)LP_RECORDS_MAX_SEC * 1000.0 /
+           FIELD_LATENCY_MS;
+}
+
+/* The shortest wall the round trips allow: the shard with the most DCUs
+ * polls them in waves of max_sessions, each DCU's session FIELD_PACKETS
+ * round trips long. */
+static double field_bound_s(const field_run *f)
+{
+    return f->waves * FIELD_PACKETS * FIELD_LATENCY_MS / 1000.0;
+}
+
+static void field_print(const field_run *f)
+{
+    const e2e_result *r = &f->r;
+    double rate = per_s(r->records, r->wall_s);
+    char name[64];
+    unsigned i;
+
+    snprintf(name, sizeof name, "%u %s, %u dcusim", f->shards,
+             f->shards > 1 ? "shards" : "fepd", f->sims);
+    printf("%-26s %7.2f %7.2f %7.2f %10.0f %10.0f %5.0f%% %7.2f %12llu%s%s\n",
+           name, r->wall_s, r->fepd_cpu_s, r->sim_cpu_s, rate,
+           field_ideal(f), 100 * rate / field_ideal(f),
+           r->records ? r->fepd_cpu_s * 1e6 / (double)r->records : 0.0,
+           r->fepd_rss, r->failed ? "  FAILED: " : "",
+           r->failed ? r->why : "");
+    printf("  %u sessions at once; DCUs per shard", f->sessions);
+    for (i = 0; i < f->shards; i++)
+        printf(" %u", f->owned[i]);
+    printf("; peak RSS B per shard");
+    for (i = 0; i < f->shards; i++)
+        printf(" %llu", f->rss[i]);
+    printf("\n  wall bound: %u wave%s of %u round trips = %.2f s (%u DCUs, "
+           "%d at once); reached %.0f%%; CPU of all: %.2f cores busy\n",
+           f->waves, f->waves == 1 ? "" : "s", FIELD_PACKETS, field_bound_s(f),
+           f->biggest, SESSIONS_MAX,
+           r->wall_s > 0 ? 100 * field_bound_s(f) / r->wall_s : 0.0,
+           r->wall_s > 0 ? (r->fepd_cpu_s + r->sim_cpu_s) / r->wall_s : 0.0);
+    printf("  %llu rows stored = records_stored %llu = acknowledged %llu "
+           "(due %llu)", f->rows, f->stored, f->acked, r->expected);
+    if (r->listen_overflows)
+        printf("; listen queue overflows %llu", r->listen_overflows);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* The gain from sharding, the day's readings and the goal, per run. */
+static void field_summary(const field_run *runs, unsigned n)
+{
+    unsigned i;
+
+    if (n == 2 && !runs[0].r.failed && !runs[1].r.failed &&
+        runs[1].r.wall_s > 0 && runs[0].r.wall_s > 0)
+        printf("sharding: %u shards move %.2fx the records/s of one fepd\n",
+               runs[0].shards,
+               per_s(runs[0].r.records, runs[0].r.wall_s) /
+                   per_s(runs[1].r.records, runs[1].r.wall_s));
+    printf("2.1 billion readings a day (22 million meters x 96 intervals) at "
+           "the measured rate:");
+    for (i = 0; i < n; i++) {
+        double rate = per_s(runs[i].r.records, runs[i].r.wall_s);
+        if (rate > 0)
+            printf("%s %u %s %.1f h", i ? ";" : "", runs[i].shards,
+                   runs[i].shards > 1 ? "shards" : "fepd",
+                   READINGS_DAY / rate / 3600);
+    }
+    printf("\ngoal: %.0f records/s:", GOAL_RECORDS_S);
+    for (i = 0; i < n; i++)
+        printf("%s %u %s %.0f%% of the goal", i ? ";" : "", runs[i].shards,
+               runs[i].shards > 1 ? "shards" : "fepd",
+               100 * per_s(runs[i].r.records, runs[i].r.wall_s) /
+                   GOAL_RECORDS_S);
+    printf("\n");
+}
+
+/* A count from the environment, def when unset; 0, or -1 (said) when it
+ * is not a number in 1..max. */
+static int env_count(const char *name, unsigned def, unsigned max,
+                     unsigned *out)
+{
+    const char *s = getenv(name);
+    unsigned long v;
+    char *end;
+
+    *out = def;
+    if (!s || !*s)
+        return 0;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || s[0] < '0' || s[0] > '9' || v < 1 ||
+        v > max) {
+        printf("\nfield: %s=%s: expected 1..%u\n", name, s, max);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int section_field(void)
+{
+    static field_run runs[2];
+    char root[DIR_SIZE], load[64];
+    unsigned shards, dcus, n, i;
+    int failed = 0;
+
+    if (env_count("BENCH_FIELD_SHARDS", FIELD_SHARDS, FIELD_SHARDS_MAX,
+                  &shards) != 0 ||
+        env_count("BENCH_FIELD_DCUS",
+                  bench_quick ? FIELD_DCUS_QUICK : FIELD_DCUS, FIELD_DCUS_MAX,
+                  &dcus) != 0)
+        return 1;
+    load_average(load, sizeof load);
+    printf("\nfield: %u keyed DCUs x %u records (%u packets of %u), %u ms "
+           "away (dcusim --latency %u), polled once by fepd --once, "
+           "max_sessions %d, sync packet; load average %s\n", dcus,
+           FIELD_RECORDS, FIELD_PACKETS, LP_RECORDS_MAX_SEC, FIELD_LATENCY_MS,
+           FIELD_LATENCY_MS, SESSIONS_MAX, load);
+    printf("(wall: first fepd start to last fepd exit; fepd s, sim s: CPU "
+           "user+sys of all fepd, all dcusim;\n ideal: sessions at once x %u "
+           "records / %u ms; us/rec: fepd CPU per record; RSS: the largest "
+           "fepd's peak)\n", LP_RECORDS_MAX_SEC, FIELD_LATENCY_MS);
+    printf("%-26s %7s %7s %7s %10s %10s %6s %7s %12s\n", "figure", "wall s",
+           "fepd s", "sim s", "records/s", "ideal/s", "ideal", "us/rec",
+           "peak RSS B");
+    if (tmpdir_make(root, sizeof root) != 0) {
+        printf("FAILED: no temporary directory\n");
+        return 1;
+    }
+    n = shards > 1 ? 2 : 1;
+    for (i = 0; i < n; i++) {
+        field_run_once(&runs[i], root, i == 0 ? shards : 1, dcus);
+        field_print(&runs[i]);
+        failed |= runs[i].r.failed;
+    }
+    field_summary(runs, n);
+    tree_remove(root, 3);
+    load_average(load, sizeof load);
+    printf("load average after: %s\n", load);
+    return failed;
+}
+
 /* The machine, from /proc where present: cores, CPU model, load. */
 static void machine_line(void)
 {
@@ -1898,8 +2383,8 @@ static int section_on(int argc, char **argv, const char *name)
     return argc < 2;
 }
 
-/* ./fep_bench [core] [throughput] [sustained] [memory] [metrics]: the
- * sections named, or all of them. */
+/* ./fep_bench [core] [throughput] [sustained] [memory] [metrics] [field]:
+ * the sections named, or all of them but field. */
 int main(int argc, char **argv)
 {
     struct sigaction sa;
@@ -1934,5 +2419,8 @@ int main(int argc, char **argv)
                                  bench_quick ? 1000 : 10000);
     if (section_on(argc, argv, "metrics"))
         failed |= section_metrics();
+    /* A dozen processes for half a minute: only when named. */
+    if (argc > 1 && section_on(argc, argv, "field"))
+        failed |= section_field();
     return failed ? 1 : 0;
 }
