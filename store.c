@@ -974,11 +974,13 @@ int store_open(store *s, const store_config *c, char *err, size_t errlen)
         s->out[i].fd = -1;
     }
     if (strlen(c->data_dir) + 1 + STORE_NAME_MAX >= PATH_SIZE) {
-        snprintf(err, errlen, "%s: path too long", c->data_dir);
+        snprintf(err, errlen, "data_dir: a path of %zu characters is too "
+                 "long", strlen(c->data_dir));
         return -1;
     }
     if (strlen(c->fep_id) > FRAME_ID_SIZE) {
-        snprintf(err, errlen, "fep_id '%s': too long", c->fep_id);
+        snprintf(err, errlen, "fep_id: %zu characters, at most %d",
+                 strlen(c->fep_id), FRAME_ID_SIZE);
         return -1;
     }
     strcpy(s->dir, c->data_dir);

@@ -41,17 +41,24 @@ static const char *current_test;
 
 void test_run(const char *name, void (*fn)(void))
 {
+    int64_t started;
+
     if (test_filter && !strstr(name, test_filter))
         return;
+    started = sys_now_ms();
+
     current_test = name;
     checks_failed_in_test = 0;
     fn();
+    /* The time of each test: the suite's budget is kept by knowing them. */
     if (checks_failed_in_test == 0) {
         tests_passed++;
-        printf("ok   %s\n", name);
+        printf("ok   %-40s %6.2f s\n", name,
+               (double)(sys_now_ms() - started) / 1000);
     } else {
         tests_failed++;
-        printf("FAIL %s\n", name);
+        printf("FAIL %-40s %6.2f s\n", name,
+               (double)(sys_now_ms() - started) / 1000);
     }
     fflush(stdout);
 }
