@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "fep.h"
 
@@ -1195,6 +1196,69 @@ static void install_signals(void)
     sigaction(SIGPIPE, &sa, NULL);
 }
 
+/* Whether a and b name one directory (both there). */
+static int same_dir(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/*
+ * One fepd a data_dir and a state_dir: two on one state_dir would send
+ * under the same GCM IVs and miss each other's replay marks; two on one
+ * data_dir would write into the same files and hand off each other's
+ * segments.  Each directory's fepd.lock is locked before anything in it
+ * is read or written, and held until exit; state_dir, when a first start
+ * has yet to make it, right after state_open made it.  check_only (for
+ * --check) asks, creating and keeping nothing.  0, or -1 (logged).
+ */
+static int dirs_lock(fepd *d, int check_only)
+{
+    const char *dirs[2] = { d->cfg.data_dir, d->cfg.state_dir };
+    unsigned i;
+
+    for (i = 0; i < 2; i++) {
+        struct stat sb;
+        long holder;
+        int fd;
+
+        if (d->lock_fds[i] >= 0 || (i == 1 && same_dir(dirs[0], dirs[1])))
+            continue;
+        if (!check_only && i == 0 && sys_mkdir(dirs[0]) != 0) {
+            log_msg(LOG_ERROR, "%s: %s", dirs[0], strerror(errno));
+            return -1;
+        }
+        if (stat(dirs[i], &sb) != 0 || !S_ISDIR(sb.st_mode))
+            continue;                   /* nothing to share (or --check says why) */
+        fd = sys_dir_lock(dirs[i], check_only, &holder);
+        if (fd == SYS_LOCKED) {
+            log_msg(LOG_ERROR, "%s/fepd.lock: locked by another fepd (pid "
+                    "%ld): one fepd a directory, or two would write the same "
+                    "files and reuse GCM IVs", dirs[i], holder);
+            return -1;
+        }
+        if (fd < 0) {
+            log_msg(LOG_ERROR, "%s/fepd.lock: %s", dirs[i], strerror(errno));
+            return -1;
+        }
+        if (!check_only)
+            d->lock_fds[i] = fd;
+    }
+    return 0;
+}
+
+static void dirs_unlock(fepd *d)
+{
+    unsigned i;
+
+    for (i = 0; i < 2; i++) {
+        sys_close(d->lock_fds[i]);
+        d->lock_fds[i] = -1;
+    }
+}
+
 /* Everything allocated at start-up, in one function; 0, or an exit code. */
 static int start(fepd *d)
 {
@@ -1206,10 +1270,12 @@ static int start(fepd *d)
     unsigned i;
 
     /* finish() closes the listeners and the store whatever step failed,
-     * and a descriptor left at 0 would be stdin: the listeners are marked
-     * closed, and store_open, which marks its files closed before anything
-     * in it can fail, comes first. */
+     * and a descriptor left at 0 would be stdin: the listeners and the
+     * store's files are marked closed before anything can fail. */
     d->listen_fd = d->metrics_fd = -1;
+    store_init(&d->store);              /* its files closed, for finish() */
+    if (dirs_lock(d, 0) != 0)
+        return 3;
     if (store_open(&d->store, &sc, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 3;
@@ -1234,6 +1300,8 @@ static int start(fepd *d)
         log_msg(LOG_ERROR, "%s", err);
         return 3;
     }
+    if (dirs_lock(d, 0) != 0)           /* state_dir, made by a first start */
+        return 3;
     if (start_listeners(d) != 0)
         return 3;
     d->poll_epoch_ms = sys_now_ms();
@@ -1339,21 +1407,32 @@ static int check_dir(const char *dir)
     return -1;
 }
 
-static int check_listener(int has, const sys_addr *a, const char *what)
+/* The listeners as start-up binds them, both at once (one may take the
+ * other's port), then closed. */
+static int check_listeners(fepd *d)
 {
-    char text[80];
-    int fd;
+    const sys_addr *addrs[2] = { &d->cfg.listen, &d->cfg.metrics };
+    const int has[2] = { d->cfg.has_listen, d->cfg.has_metrics };
+    static const char *const what[2] = { "listening for push sessions",
+                                         "metrics" };
+    int fds[2] = { -1, -1 }, rc = 0;
+    unsigned i;
 
-    if (!has)
-        return 0;
-    fd = sys_listen(a, LISTEN_BACKLOG);
-    if (fd >= 0) {
-        sys_close(fd);
-        return 0;
+    for (i = 0; i < 2 && rc == 0; i++) {
+        char text[SYS_ADDR_TEXT];
+
+        if (!has[i])
+            continue;
+        fds[i] = sys_listen(addrs[i], LISTEN_BACKLOG);
+        if (fds[i] >= 0)
+            continue;
+        sys_addr_str(addrs[i], text, sizeof text);
+        log_msg(LOG_ERROR, "%s %s: %s", what[i], text, strerror(errno));
+        rc = -1;
     }
-    sys_addr_str(a, text, sizeof text);
-    log_msg(LOG_ERROR, "%s %s: %s", what, text, strerror(errno));
-    return -1;
+    sys_close(fds[0]);
+    sys_close(fds[1]);
+    return rc;
 }
 
 /* The state as start() would load it: 0, or -1 logged.  Sets the static
@@ -1384,7 +1463,7 @@ static int check_start(fepd *d, const char *config_path)
     char err[1024];
     int has_rows = 0;
 
-    if (pidfile_check(d) != 0)
+    if (pidfile_check(d) != 0 || dirs_lock(d, 1) != 0)
         return 3;
     if (check_dir(d->cfg.data_dir) != 0)
         return 3;
@@ -1393,9 +1472,7 @@ static int check_start(fepd *d, const char *config_path)
         return 3;
     }
     if (check_dir(d->cfg.state_dir) != 0 || check_state(d, has_rows) != 0 ||
-        check_listener(d->cfg.has_listen, &d->cfg.listen,
-                       "listening for push sessions") != 0 ||
-        check_listener(d->cfg.has_metrics, &d->cfg.metrics, "metrics") != 0)
+        check_listeners(d) != 0)
         return 3;
     if (d->cfg.shards > 1)
         printf("%s: ok (%u DCUs, shard %u/%u: %u DCUs, static memory %zu "
@@ -1418,6 +1495,7 @@ static void finish(fepd *d)
         log_msg(LOG_ERROR, "state not saved; see above");
     if (d->state.dcus)
         log_stats(d);                   /* the run's figures, for the record */
+    dirs_unlock(d);                     /* before the ledger is read */
     daemon_exit(d);
     l = sys_ledger_get();
     log_msg(l.opened == l.closed && d->stats.slots_acquired ==
@@ -1510,6 +1588,7 @@ int main(int argc, char **argv)
     unsigned shard = 0, shards = 1;
     char err[512];
 
+    d->lock_fds[0] = d->lock_fds[1] = -1;
     log_set_name("fepd");
 #ifdef FEP_FAULT
     poll_phases_zero = getenv("FEP_TEST_POLL_AT_START") != NULL;

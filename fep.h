@@ -505,6 +505,14 @@ void sys_notify_reloading(void);
 int64_t sys_notify_watchdog_ms(void);
 void sys_notify_close(void);
 
+/* One process a directory: a write lock on dir/fepd.lock (created when
+ * missing), held until the descriptor is closed or the process exits,
+ * however it exits.  The descriptor; -1 with errno; SYS_LOCKED when
+ * another process holds it (*holder: its pid).  With check_only, nothing
+ * is created or kept: 0, -1 or SYS_LOCKED. */
+#define SYS_LOCKED (-3)
+int sys_dir_lock(const char *dir, int check_only, long *holder);
+
 /* Descriptor ledger: descriptors opened and closed through sys_*. */
 typedef struct sys_ledger {
     uint64_t opened;
@@ -711,6 +719,9 @@ typedef struct store_config {
     unsigned rotate_s;                  /* 0: off */
 } store_config;
 
+/* Marks the files closed, so that store_close is harmless before (or
+ * without) a store_open. */
+void store_init(store *s);
 /* Creates data_dir if needed, opens (creating with a header line) the four
  * files, and cuts a torn last line left by a crash.  With rotate: creates
  * data_dir/ready/, and hands off at once a segment a crash left behind.
@@ -1024,6 +1035,7 @@ typedef struct fepd {
     unsigned closed_this_pass;          /* sessions closed in this loop pass */
     int64_t stats_save_due_ms;          /* changed statistics are saved then; 0 none */
     int listen_fd;                      /* -1 when off */
+    int lock_fds[2];                    /* data_dir's and state_dir's fepd.lock; -1 */
     int metrics_fd;                     /* -1 when off */
     size_t static_memory_bytes;         /* everything allocated at start-up */
     int64_t watchdog_every_ms;          /* WATCHDOG=1 period; 0 off */

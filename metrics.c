@@ -55,9 +55,11 @@ enum metric {
     M_CONFIG_RELOADS,
     M_COMMIT_PASSES,
     M_STATE_SYNCS,
-    M_DCU_LAST_SUCCESS,
     M_BUILD_INFO,
     M_SEGMENTS_READY,
+    /* Last: the only family whose length a reload can change while a
+     * response is being written, so that only its lines can shift. */
+    M_DCU_LAST_SUCCESS,
     METRIC_FAMILIES
 };
 
@@ -97,11 +99,11 @@ static const struct family {
       "Loop passes whose packets were committed together." },
     { "fep_state_syncs_total", "counter",
       "Writes of the state file or journal, each with its fsync." },
-    { "fep_dcu_last_success_timestamp_seconds", "gauge",
-      "Unix time of the last successful session of each DCU, 0 never." },
     { "fep_build_info", "gauge", "Always 1; the version is in its label." },
     { "fep_segments_ready_total", "counter",
       "CSV segments handed off to data_dir/ready/ (rotate)." },
+    { "fep_dcu_last_success_timestamp_seconds", "gauge",
+      "Unix time of the last successful session of each DCU, 0 never." },
 };
 
 /* ------------------------------------------------------------------------

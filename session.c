@@ -324,6 +324,7 @@ static fep_err check_sequence(session *s, const frame *f, int *duplicate)
     if (s->kind == KIND_PUSH && !s->exchange_open) {
         if (f->fsn != 0)
             return FEP_ERR_SEQUENCE;
+        s->expect = f->cmd;
         s->qsn = f->qsn;
         s->exchange_open = 1;
         s->next_fsn = 0;
@@ -406,8 +407,10 @@ static void handle_packet(fepd *d, session *s, const frame *f)
         nack_and_end(d, s, f, FEP_ERR_HEADER);
         return;
     }
+    /* A poll expects the response to its request; a push, once its first
+     * packet is in, more packets of that same response (rule 4). */
     if (!is_response(f->cmd) ||
-        (s->kind == KIND_POLL && f->cmd != s->expect)) {
+        ((s->kind == KIND_POLL || s->exchange_open) && f->cmd != s->expect)) {
         nack_and_end(d, s, f, FEP_ERR_COMMAND);
         return;
     }

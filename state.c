@@ -1336,7 +1336,10 @@ static int witness_read(const fep_state *st, uint64_t *generation,
         parse_u64(f[2], UINT64_MAX, reservations) != 0) {
         snprintf(err, errlen, "%s: damaged (expected '" WITNESS_MAGIC
                  " GENERATION RESERVATIONS'); if you are sure %s is the "
-                 "newest state, remove it", st->witness_path, st->path);
+                 "newest state, write it again: printf 'fepd-generation "
+                 "%llu %llu\\n' > %s", st->witness_path, st->path,
+                 (unsigned long long)st->generation,
+                 (unsigned long long)st->reservations, st->witness_path);
         return -1;
     }
     return 1;
@@ -1348,6 +1351,19 @@ static int witness_check(const fep_state *st, char *err, size_t errlen)
     uint64_t gen, res;
     int rc = witness_read(st, &gen, &res, err, errlen);
 
+    if (rc == 0 && st->generation > 0) {
+        /* Every state of this format was followed by its witness. */
+        snprintf(err, errlen, "%s: missing, while %s (generation %llu) was "
+                 "written by a fepd that keeps it: data_dir lost, or state_dir "
+                 "restored from a backup?  %s.  If only data_dir was lost and "
+                 "state_dir is surely the newest state, write the witness "
+                 "back: printf 'fepd-generation %llu %llu\\n' > %s",
+                 st->witness_path, st->path,
+                 (unsigned long long)st->generation, REFUSE_ADVICE,
+                 (unsigned long long)st->generation,
+                 (unsigned long long)st->reservations, st->witness_path);
+        return -1;
+    }
     if (rc <= 0)
         return rc;
     if (st->generation > gen || (st->generation == gen &&
@@ -1684,6 +1700,28 @@ static int state_dir_usable(const char *dir, char *err, size_t errlen)
     return -1;
 }
 
+/* --fresh-state, on a state fepd refused: empty tables, and the old files
+ * set aside (fep.c holds the lock on state_dir: no other fepd uses them). */
+static int state_start_afresh(fep_state *st, const fep_config *cfg,
+                              const state_start *how, char *err,
+                              size_t errlen)
+{
+    fep_state paths = *st;
+
+    log_msg(LOG_WARN, "--fresh-state: %s", err);
+    state_release(st);
+    memset(st, 0, sizeof *st);
+    st->cfg = cfg;
+    memcpy(st->path, paths.path, sizeof st->path);
+    memcpy(st->journal_path, paths.journal_path, sizeof st->journal_path);
+    memcpy(st->witness_path, paths.witness_path, sizeof st->witness_path);
+    if (state_alloc(st, cfg) != 0) {
+        snprintf(err, errlen, "state: out of memory for %u DCUs", cfg->max_dcus);
+        return -1;
+    }
+    return how->read_only ? 0 : state_set_aside(st, err, errlen);
+}
+
 int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
                char *err, size_t errlen)
 {
@@ -1703,10 +1741,17 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
     }
     if (state_dir_usable(cfg->state_dir, err, errlen) != 0)
         goto fail;
-    if (how->fresh && !how->read_only && state_set_aside(st, err, errlen) != 0)
+    if (state_load(st, how, err, errlen) == 0) {
+        if (how->fresh)
+            log_msg(LOG_WARN, "--fresh-state ignored: %s, and fepd goes on "
+                    "from it (the option is only for a state fepd refuses)",
+                    exists(st->path) ? "the state is sound"
+                                     : "there is no state yet");
+    } else if (!how->fresh) {
         goto fail;
-    if (!how->fresh && state_load(st, how, err, errlen) != 0)
+    } else if (state_start_afresh(st, cfg, how, err, errlen) != 0) {
         goto fail;
+    }
     if (cfg->state_dir_pattern[0] != '\0' &&
         state_adopt_marks(st, cfg->state_dir_pattern, cfg->shard, how->fresh,
                           err, errlen) != 0)

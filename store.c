@@ -961,6 +961,14 @@ static void files_close(store *s, int hand_off)
     }
 }
 
+void store_init(store *s)
+{
+    unsigned i;
+
+    for (i = 0; i < STORE_FILES; i++)
+        s->out[i].fd = -1;
+}
+
 int store_open(store *s, const store_config *c, char *err, size_t errlen)
 {
     unsigned i;

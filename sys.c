@@ -961,6 +961,53 @@ void sys_notify_close(void)
     notify_fd = -1;
 }
 
+/* One write lock on the whole file; fcntl locks are POSIX, held by the
+ * process, and gone when it exits, however it exits.  (A process that
+ * closes any descriptor of the file loses its locks on it: the file is
+ * opened once, here, and closed once, by the caller.) */
+static int lock_op(int fd, int cmd, struct flock *fl)
+{
+    memset(fl, 0, sizeof *fl);
+    fl->l_type = F_WRLCK;
+    fl->l_whence = SEEK_SET;
+    return fcntl(fd, cmd, fl);
+}
+
+int sys_dir_lock(const char *dir, int check_only, long *holder)
+{
+    char path[PATH_SIZE + 16];
+    struct flock fl;
+    int fd, saved;
+
+    *holder = 0;
+    if (snprintf(path, sizeof path, "%s/fepd.lock", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = sys_open_regular(path, check_only ? O_RDONLY : O_RDWR | O_CREAT,
+                          0644, NULL);
+    if (fd == SYS_NOT_REGULAR)
+        errno = EINVAL;
+    if (fd < 0)
+        return check_only && errno == ENOENT ? 0 : -1;
+    if (lock_op(fd, check_only ? F_GETLK : F_SETLK, &fl) == 0 &&
+        (!check_only || fl.l_type == F_UNLCK)) {
+        if (!check_only)
+            return fd;
+        sys_close(fd);
+        return 0;
+    }
+    saved = errno;
+    if (lock_op(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+        *holder = (long)fl.l_pid;
+        sys_close(fd);
+        return SYS_LOCKED;
+    }
+    sys_close(fd);
+    errno = saved;
+    return -1;
+}
+
 /* ------------------------------------------------------------------------
  * Logging: one write(2) per line, so that lines from several processes that
  * share a log file do not interleave, and nothing is queued in memory.

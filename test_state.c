@@ -169,7 +169,21 @@ static unsigned records_in(const char *body)
     return n;
 }
 
-/* state/fepd.state of generation gen: header, body, end line. */
+/* The witness a fepd would have written after a snapshot of generation
+ * gen, unless a test put one there already. */
+static void witness_matching(unsigned gen)
+{
+    char line[64];
+    struct stat sb;
+
+    if (stat(path_of("fepd.generation"), &sb) == 0)
+        return;
+    snprintf(line, sizeof line, "fepd-generation %u 0\n", gen);
+    text_write("fepd.generation", line);
+}
+
+/* state/fepd.state of generation gen: header, body, end line (and the
+ * witness that goes with it, unless one is there). */
 static void snap_write(unsigned gen, const char *body)
 {
     static char file[TEXT_SIZE];
@@ -178,6 +192,7 @@ static void snap_write(unsigned gen, const char *body)
     snprintf(file, sizeof file, "# written by a test\nfepd-state 2 %u\n%s"
              "end %u\n", gen, body, records_in(body));
     text_write("state/fepd.state", file);
+    witness_matching(gen);
 }
 
 static const char *journal_head(uint64_t gen)
@@ -696,6 +711,7 @@ static void test_state_load_liberal(void)
     state_dir_make();
     text_write("state/fepd.state", body);
     journal_write(7, "");
+    witness_matching(7);
     CHECK(state_open_here() == 0);
     CHECK_EQ(st_state.n_keys, 2);
     CHECK_EQ(st_state.n_marks, 3);
@@ -1233,9 +1249,14 @@ static void test_state_witness_damaged(void)
         text_write("fepd.generation", damaged[i]);
         REFUSED("/fepd.generation: damaged (expected 'fepd-generation "
                 "GENERATION RESERVATIONS')", "/state/fepd.state is the newest "
-                "state", "remove it");
+                "state", "write it again: printf 'fepd-generation 1 0\\n' > ");
     }
+    /* Missing: data_dir lost, or state_dir restored: refused, with the
+     * line that writes it back. */
     CHECK(unlink(path_of("fepd.generation")) == 0);
+    REFUSED("/fepd.generation: missing, while ", "(generation 1) was written "
+            "by a fepd that keeps it", "printf 'fepd-generation 1 0\\n' > ");
+    text_write("fepd.generation", "fepd-generation 1 0\n");
     CHECK(state_open_here() == 0);
     CHECK_FILE("fepd.generation", "fepd-generation 2 0\n");
     state_release(&st_state);
@@ -1353,6 +1374,12 @@ static void test_state_fresh_state(void)
     CHECK(state_open_here() == 0);
     CHECK_EQ(take_ic_of(0), 65537);
     state_release(&st_state);
+    /* --fresh-state on a sound state is ignored: nothing goes back. */
+    how.fresh = 1;
+    CHECK(state_open_here() == 0);
+    CHECK_EQ(take_ic_of(0), 2 * 65536 + 1);
+    state_release(&st_state);
+    text_write("fepd.generation", "fepd-generation 99 0\n");  /* refused */
 
     /* A name set aside earlier is never replaced, whatever the clock says. */
     now = time(NULL);
@@ -1405,7 +1432,8 @@ static void test_state_read_only(void)
     state_touch(&st_state, 1);
     CHECK(state_save(&st_state, &state_cfg) == 0);
     state_release(&st_state);
-    CHECK(unlink(path_of("fepd.generation")) == 0);   /* would be rewritten */
+    text_write("fepd.generation", "fepd-generation 0 0\n"); /* behind: a
+                                               start would write it again */
 
     how.read_only = 1;
     tree_take(&tree_before);
@@ -1416,7 +1444,7 @@ static void test_state_read_only(void)
     state_release(&st_state);
     tree_take(&tree_after);
     CHECK(tree_same(&tree_before, &tree_after));
-    CHECK(!exists("fepd.generation"));
+    CHECK_FILE("fepd.generation", "fepd-generation 0 0\n");
 
     /* With --fresh-state as well: nothing set aside. */
     how.fresh = 1;

@@ -87,14 +87,17 @@ static void trust_conf(const struct trust *t, const char *lines)
     fclose(f);
 }
 
-/* Starts fepd_t -c conf, -v -v when verbose; 0 once it listens. */
+/* Starts fepd_t -c conf (with -v -v when verbose is 1, --fresh-state when
+ * it is 2); 0 once it listens. */
 static int trust_start(struct trust *t, int verbose)
 {
     const char *argv[] = { FEPD_T, "-c", t->conf, NULL, NULL, NULL };
     long started = test_log_count(t->log, "listening for push sessions");
 
-    if (verbose)
+    if (verbose == 1)
         argv[3] = argv[4] = "-v";
+    else if (verbose == 2)
+        argv[3] = "--fresh-state";
     t->fep = test_spawn(argv, t->log);
     if (t->fep > 0 && test_wait_log(t->log, "listening for push sessions",
                                     started + 1, START_MS) == 0 &&
@@ -589,6 +592,166 @@ static void test_trust_metrics_counts_at_end(void)
     trust_end(&t);
 }
 
+/* Two fepds on one state_dir would send under the same IVs and miss each
+ * other's marks: the second is refused, start and --check alike, and the
+ * first one's state is left as it was. */
+static void test_trust_one_fepd_a_state_dir(void)
+{
+    const char *check[] = { "-c", NULL, "--check", NULL };
+    const char *start[] = { "-c", NULL, NULL };
+    char conf2[PATH_T + 16], lines[1024];
+    struct trust t;
+    struct stat before, after;
+    gcm_key key;
+    FILE *f;
+
+    if (trust_init(&t, "onestate") != 0)
+        return;
+    key_init(&key, KEY_A);
+    trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
+    snprintf(conf2, sizeof conf2, "%s/second.conf", t.dir);
+    f = fopen(conf2, "w");
+    CHECK(f != NULL);
+    if (f) {
+        snprintf(lines, sizeof lines, "fep_id FEP00001\ndata_dir %s\n"
+                 "state_dir %s\nlisten 127.0.0.1:%d\n"
+                 "dcu DCU00001 - key=" KEY_A "\n", t.data, t.state,
+                 test_free_port());
+        fputs(lines, f);
+        fclose(f);
+    }
+    check[1] = start[1] = conf2;
+    if (trust_start(&t, 0) == 0) {
+        CHECK(stat(t.snapshot, &before) == 0);
+        CHECK_EQ(trust_run(&t, check, QUICK_MS), 3);
+        CHECK_EQ(trust_run(&t, start, QUICK_MS), 3);
+        CHECK(test_log_count(t.log, "fepd.lock: locked by another fepd (pid ") >= 2);
+        CHECK(stat(t.snapshot, &after) == 0);
+        CHECK(before.st_ino == after.st_ino && before.st_mtime == after.st_mtime);
+        CHECK_EQ(push_once(&t, &key, 1, 1, NULL), CMD_ACK);  /* A serves on */
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    trust_end(&t);
+}
+
+/* A state_dir put back from a backup while the witness is gone too (a
+ * data_dir lost or cleaned): refused, with the line that writes the
+ * witness back for the operator who knows the state is the newest. */
+static void test_trust_witness_missing(void)
+{
+    char backup_state[PATH_T + 16], backup_journal[PATH_T + 16];
+    char witness[PATH_T + 16];
+    struct trust t;
+    gcm_key key;
+
+    if (trust_init(&t, "nowitness") != 0)
+        return;
+    key_init(&key, KEY_A);
+    trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
+    snprintf(backup_state, sizeof backup_state, "%s/backup.state", t.dir);
+    snprintf(backup_journal, sizeof backup_journal, "%s/backup.journal", t.dir);
+    snprintf(witness, sizeof witness, "%s/fepd.generation", t.data);
+    if (trust_start(&t, 0) == 0) {
+        CHECK_EQ(push_once(&t, &key, 1, 1, NULL), CMD_ACK);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    copy_file(t.snapshot, backup_state);
+    copy_file(t.journal, backup_journal);
+    if (trust_start(&t, 0) == 0) {
+        CHECK_EQ(push_once(&t, &key, 2, 100, NULL), CMD_ACK);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    copy_file(backup_state, t.snapshot);
+    copy_file(backup_journal, t.journal);
+    CHECK(unlink(witness) == 0);
+    check_refused(&t, "fepd.generation: missing, while ");
+    CHECK(test_log_count(t.log, "printf 'fepd-generation ") > 0);
+    trust_end(&t);
+}
+
+/* --fresh-state on a sound state changes nothing: it is only for a state
+ * fepd refuses, so an option left in a unit cannot reuse IVs. */
+static void test_trust_fresh_state_on_sound_state(void)
+{
+    struct trust t;
+    gcm_key key;
+    uint32_t ic = 0;
+    int fd;
+
+    if (trust_init(&t, "freshsound") != 0)
+        return;
+    key_init(&key, KEY_A);
+    trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
+    if (trust_start(&t, 0) == 0) {
+        CHECK_EQ(push_once(&t, &key, 1, 5, &ic), CMD_ACK);
+        CHECK_EQ(ic, 1);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    if (trust_start(&t, 2) == 0) {
+        fd = raw_connect(t.port);
+        CHECK_EQ(push_keyed(fd, &key, LAST, 1, 0, 5, &ic), NACK(FEP_ERR_REPLAY));
+        close(fd);
+        CHECK(ic > IC_RESERVE_BLOCK);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+        CHECK(test_log_count(t.log, "--fresh-state ignored: the state is "
+                                    "sound") == 1);
+    }
+    trust_end(&t);
+}
+
+/* A push's packets are one response: an S in the middle of a K exchange
+ * is a response of the wrong kind (PROTOCOL.md 5, rule 4). */
+static void test_trust_push_wrong_kind(void)
+{
+    struct trust t;
+    int fd;
+
+    if (trust_init(&t, "pushkind") != 0)
+        return;
+    trust_conf(&t, "dcu DCU00001 -\n");
+    if (trust_start(&t, 0) == 0) {
+        fd = raw_connect(t.port);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", MORE, CMD_LP_RSP, 9, 0,
+                       NULL, 0) == 0);
+        CHECK_EQ(raw_answer(fd, NULL, NULL), CMD_ACK);
+        CHECK(raw_send(fd, "DCU00001", "FEP00001", LAST, CMD_DCU_STATUS_RSP,
+                       9, 1, NULL, 0) == 0);
+        CHECK_EQ(raw_answer(fd, NULL, NULL), NACK(FEP_ERR_COMMAND));
+        CHECK(raw_closed(fd, RAW_MS));
+        close(fd);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    trust_end(&t);
+}
+
+/* --check binds listen and metrics together, as start-up does: the same
+ * port for both is refused by both (exit 3). */
+static void test_trust_check_ports_together(void)
+{
+    const char *check[] = { "-c", NULL, "--check", NULL };
+    char lines[1024];
+    struct trust t;
+    FILE *f;
+
+    if (trust_init(&t, "portsboth") != 0)
+        return;
+    f = fopen(t.conf, "w");
+    CHECK(f != NULL);
+    if (f) {
+        snprintf(lines, sizeof lines, "data_dir %s\nstate_dir %s\n"
+                 "listen 127.0.0.1:%d\nmetrics 127.0.0.1:%d\ndcu DCU00001 -\n",
+                 t.data, t.state, t.port, t.port);
+        fputs(lines, f);
+        fclose(f);
+    }
+    check[1] = t.conf;
+    CHECK_EQ(trust_run(&t, check, QUICK_MS), 3);
+    CHECK(test_log_count(t.log, "metrics 127.0.0.1:") > 0);
+    check[2] = NULL;
+    CHECK_EQ(trust_run(&t, check, QUICK_MS), 3);
+    trust_end(&t);
+}
+
 void test_trust_suite(void)
 {
     test_run("trust_replay_after_kill9", test_trust_replay_after_kill9);
@@ -602,4 +765,10 @@ void test_trust_suite(void)
     test_run("trust_mkdir_durable", test_trust_mkdir_durable);
     test_run("trust_metrics_streams", test_trust_metrics_streams);
     test_run("trust_metrics_counts_at_end", test_trust_metrics_counts_at_end);
+    test_run("trust_one_fepd_a_state_dir", test_trust_one_fepd_a_state_dir);
+    test_run("trust_witness_missing", test_trust_witness_missing);
+    test_run("trust_fresh_state_on_sound_state",
+             test_trust_fresh_state_on_sound_state);
+    test_run("trust_push_wrong_kind", test_trust_push_wrong_kind);
+    test_run("trust_check_ports_together", test_trust_check_ports_together);
 }
