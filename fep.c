@@ -886,14 +886,20 @@ static void log_stats(const fepd *d)
  * into tables that were sized at start-up, so nothing is allocated.
  * ---------------------------------------------------------------------- */
 
+/* An entry no slot names any more: free for a DCU a reload adds. */
+static int dcu_entry_reusable(const fepd *d, unsigned i)
+{
+    return d->cfg.dcus[i].removed && d->state.dcus[i].slot_refs == 0 &&
+           d->state.dcus[i].session < 0;
+}
+
 /* An entry for a DCU the reload adds: a removed one that no slot names any
  * more, else one never used; -1 when the table is full. */
 static int dcu_entry_free(fepd *d, unsigned *scan)
 {
     for (; *scan < d->cfg.n_dcus; (*scan)++) {
         unsigned i = *scan;
-        if (d->cfg.dcus[i].removed && d->state.dcus[i].slot_refs == 0 &&
-            d->state.dcus[i].session < 0) {
+        if (dcu_entry_reusable(d, i)) {
             (*scan)++;
             return (int)i;
         }
@@ -942,39 +948,55 @@ static void reload_count(fepd *d, int live, int staged, void *arg)
         state_need_add(&d->state, b, &n->need);
     } else if (staged < 0) {
         n->removed++;
+        /* Reusable once removed: no slot names it, no session holds it. */
+        n->reusable += d->state.dcus[live].slot_refs == 0 &&
+                       d->state.dcus[live].session < 0;
     } else if (key_changed(&d->cfg.dcus[live], b)) {
         state_need_add(&d->state, b, &n->need);
     }
 }
 
-static void reload_apply_one(fepd *d, int live, int staged, void *arg)
+/* The first walk: DCUs removed (their session goes on) and changed. */
+static void reload_change(fepd *d, int live, int staged, void *arg)
 {
-    unsigned *scan = arg;
     dcu_conf *a;
-    int fresh = live < 0, i = live;
 
-    if (staged < 0) {                   /* removed: its session goes on */
-        d->cfg.dcus[live].removed = 1;
-        d->cfg.dcus[live].has_addr = 0;
+    (void)arg;
+    if (live < 0)
+        return;                         /* added: the second walk */
+    a = &d->cfg.dcus[live];
+    if (staged < 0) {
+        a->removed = 1;
+        a->has_addr = 0;
         return;
     }
-    if (fresh) {
-        i = dcu_entry_free(d, scan);
-        if (i < 0)
-            return;                     /* counted before: cannot happen */
-        if ((unsigned)i == d->cfg.n_dcus)
-            d->cfg.n_dcus++;
-    }
-    a = &d->cfg.dcus[i];
-    if (fresh || key_changed(a, &d->staged.dcus[staged])) {
+    if (key_changed(a, &d->staged.dcus[staged])) {
         *a = d->staged.dcus[staged];
-        state_dcu_set(&d->state, &d->cfg, (unsigned)i, fresh);
+        state_dcu_set(&d->state, &d->cfg, (unsigned)live, 0);
     } else {
         *a = d->staged.dcus[staged];
     }
-    if (fresh)                          /* at its phase, as at start-up */
-        d->state.dcus[i].next_poll_ms = poll_phase_after(d, (unsigned)i,
-                                                         sys_now_ms());
+}
+
+/* The second walk, once the removed are out of the index: DCUs added, in
+ * entries no slot names, or never used. */
+static void reload_add(fepd *d, int live, int staged, void *arg)
+{
+    unsigned *scan = arg;
+    int i;
+
+    if (live >= 0 || staged < 0)
+        return;
+    i = dcu_entry_free(d, scan);
+    if (i < 0)
+        return;                         /* counted before: cannot happen */
+    if ((unsigned)i == d->cfg.n_dcus)
+        d->cfg.n_dcus++;
+    d->cfg.dcus[i] = d->staged.dcus[staged];
+    state_dcu_set(&d->state, &d->cfg, (unsigned)i, 1);
+    /* At its phase, as at start-up. */
+    d->state.dcus[i].next_poll_ms = poll_phase_after(d, (unsigned)i,
+                                                     sys_now_ms());
 }
 
 /* 0 and the counts, or -1 with err when the tables cannot take it. */
@@ -986,8 +1008,8 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
     memset(n, 0, sizeof *n);
     dcus_merge(d, reload_count, n);
     for (i = 0; i < d->cfg.n_dcus; i++)
-        free_entries += d->cfg.dcus[i].removed &&
-                        d->state.dcus[i].slot_refs == 0;
+        free_entries += (unsigned)dcu_entry_reusable(d, i);
+    free_entries += n->reusable;        /* removed by this reload */
     if (n->added > free_entries) {
         snprintf(err, errlen, "%s: %u DCUs added, room for %u more (max_dcus "
                  "%u, with removed ones still in session): restart with a "
@@ -997,7 +1019,9 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
     }
     if (state_need_fits(&d->state, &n->need, err, errlen) != 0)
         return -1;
-    dcus_merge(d, reload_apply_one, &scan);
+    dcus_merge(d, reload_change, NULL);
+    config_index(&d->cfg);
+    dcus_merge(d, reload_add, &scan);
     config_index(&d->cfg);
     if (d->staged.n_other > 0)
         memcpy(d->cfg.other_sids, d->staged.other_sids,

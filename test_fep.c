@@ -2598,6 +2598,33 @@ static void test_fep_reload_mark_survives(void)
     world_end(&w);
 }
 
+/* A reload that replaces every DCU of a full table: the entries of the
+ * DCUs it removes (no session holds them) take the ones it adds. */
+static void test_fep_reload_replace_all(void)
+{
+    char directives[160];
+    struct world w;
+
+    world_init(&w, "reloadall");
+    snprintf(directives, sizeof directives, "listen %s\nmax_dcus 3\n",
+             w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 1, NULL, 1, "k");
+    if (fep_start(&w, NULL) == 0) {
+        CHECK(reload_to(&w, directives, 2, 3, NULL, NULL) == 0);
+        CHECK_EQ(test_log_count(w.fep_log, "reload: 3 DCUs (3 added, 1 "
+                                           "removed)"), 1);
+        CHECK(reload_to(&w, directives, 1, 3, NULL, NULL) == 0);
+        CHECK_EQ(test_log_count(w.fep_log, "reload: 3 DCUs (1 added, 1 "
+                                           "removed)"), 1);
+        CHECK_EQ(test_log_count(w.fep_log, "reload refused"), 0);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+    }
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
 /* 50 reloads while 40 keyed DCUs are polled and push: every reload applies,
  * nothing acknowledged is lost or stored twice, nothing is allocated after
  * start-up, every slot and descriptor is given back. */
@@ -2684,6 +2711,7 @@ void test_fep_suite(void)
     test_run("fep_metrics", test_fep_metrics);
     test_run("fep_reload", test_fep_reload);
     test_run("fep_reload_mark_survives", test_fep_reload_mark_survives);
+    test_run("fep_reload_replace_all", test_fep_reload_replace_all);
     test_run("fep_reload_under_load", test_fep_reload_under_load);
     test_run("fep_rotate_push", test_fep_rotate_push);
     test_run("fep_rotate_kill9", test_fep_rotate_kill9);
