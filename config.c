@@ -1162,8 +1162,7 @@ static int reader_open(config_reader *r, const char *path, char *err,
         close(r->fd);
         if (!regular)
             return file_fail(r, "cannot read: ", "not a regular file");
-        return reader_fail(r, "the file is larger than %lld bytes",
-                           (long long)CONFIG_SIZE_MAX);
+        return file_fail(r, "cannot read: ", "larger than 64 MiB");
     }
     return 0;
 }

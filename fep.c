@@ -730,9 +730,12 @@ static void check_deadlines(fepd *d, session *s, int64_t now)
     if (s->state == SLOT_FREE || s->close_now)
         return;
     if (now >= s->session_deadline_ms) {
-        log_msg(LOG_WARN, "slot %u (opened at %s) held past timeout_session "
-                "(%lld ms): closing", (unsigned)(s - d->slots), s->opened_at,
-                (long long)(now - s->opened_ms));
+        /* timeout_session, or timeout_frame once fepd is stopping; where
+         * the slot was opened is for the ledger's reader. */
+        log_msg(LOG_WARN, "slot %u (opened at %s): its session's time is "
+                "up after %lld ms (%s): closing", (unsigned)(s - d->slots),
+                s->opened_at, (long long)(now - s->opened_ms),
+                d->stopping ? "stopping" : "timeout_session");
         d->stats.timeouts++;
         slot_abort(d, s, FEP_ERR_TIMEOUT);
     } else if (s->wait != WAIT_NONE && now >= s->io_deadline_ms) {
@@ -1574,7 +1577,8 @@ static void usage(FILE *out)
           "  -V, --version  print the version and exit\n"
           "exit: 0 ok, 1 --once with a failed cycle, 2 usage or config, "
           "3 start-up failure\n"
-          "signals: TERM/INT stop, HUP reopen output files, USR1 statistics\n",
+          "signals: TERM/INT stop, HUP reload the config and reopen the output\n"
+          "files, USR1 statistics\n",
           out);
 }
 

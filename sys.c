@@ -247,6 +247,11 @@ int sys_addr_parse(const char *text, sys_addr *out, char *err, size_t errlen)
         }
         hostlen = (size_t)(colon - text);
         port = colon + 1;
+        if (memchr(text, ':', hostlen) != NULL) {
+            snprintf(err, errlen, "'%s': an IPv6 address goes in brackets, "
+                     "[v6]:port", text);
+            return -1;
+        }
     }
     if (hostlen == 0 || hostlen >= sizeof host || !*port ||
         strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||

@@ -1198,7 +1198,7 @@ static void test_fep_session_timeout(void)
 
     CHECK(elapsed >= 1500);
     CHECK(elapsed < 1500 + MARGIN_MS);
-    CHECK_EQ(test_log_count(w.fep_log, "held past timeout_session"), 1);
+    CHECK_EQ(test_log_count(w.fep_log, "session's time is up after "), 1);
     world_end(&w);
 }
 
