@@ -527,6 +527,38 @@ static void out_rollback(store *s, unsigned i, int keep_open)
     }
 }
 
+/*
+ * A file cut short under fepd (logrotate's copytruncate copies it, then
+ * empties it in place): this pass's rows may have landed at the start of
+ * the emptied file, before any header.  The file starts again with its
+ * header, and the pass fails (NACK STORE: the DCU sends its packets
+ * again).  Rows stored between the copy and the cut cannot be told apart:
+ * they are lost, which is why the log line (and fepd(8)) says to rotate by
+ * rename and SIGHUP instead.  0, or -1 (logged).
+ */
+static int out_cut_short(store *s, unsigned i)
+{
+    store_out *o = &s->out[i];
+    char path[PATH_SIZE];
+    struct stat st;
+    off_t header;
+
+    if (fstat(o->fd, &st) != 0 || st.st_size >= o->committed + (off_t)o->written)
+        return 0;
+    file_path(s, i, path);
+    log_msg(LOG_WARN, "%s: cut short under fepd (%lld bytes, %lld expected: "
+            "logrotate's copytruncate?); it starts again with its header, and "
+            "this pass is not stored (its DCUs send it again); rows stored "
+            "between the copy and the cut are in neither file: rotate by "
+            "rename and SIGHUP", path, (long long)st.st_size,
+            (long long)(o->committed + (off_t)o->written));
+    if (sys_ftruncate(o->fd, 0) == 0 && header_write(s, o->fd, i, &header) == 0)
+        o->committed = header;
+    o->written = 0;
+    o->used = 0;
+    return -1;
+}
+
 /* The rest of file i's pass: identity check, one write, one fsync. */
 static int out_commit(store *s, unsigned i)
 {
@@ -543,6 +575,8 @@ static int out_commit(store *s, unsigned i)
         out_rollback(s, i, 0);
         return -1;
     }
+    if (out_cut_short(s, i) != 0)
+        return -1;
     if (o->used > 0 && sys_write_all(o->fd, o->buf, o->used) != 0) {
         log_file_error(s, i, "write", errno);
         return -1;

@@ -514,6 +514,27 @@ static void test_store_rotated_without_reopen(void)
     end();
 }
 
+/* logrotate's copytruncate: the file emptied in place under fepd.  The
+ * pass that finds it fails (its rows are sent again), and the file starts
+ * again with its header. */
+static void test_store_copytruncate(void)
+{
+    begin("store-copytruncate");
+    CHECK(store_open_here(1) == 0);
+    CHECK_EQ(add_k(1, 0), 1);
+    CHECK(store_commit(&st_store) == 0);
+    CHECK(truncate(path_of("lp.csv"), 0) == 0);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == -1);
+    CHECK_FILE("lp.csv", lp_header);
+    CHECK_EQ(add_k(1, 1), 1);
+    CHECK(store_commit(&st_store) == 0);
+    store_close(&st_store);
+    want_k(1, 1, 1);
+    CHECK_FILE("lp.csv", want);
+    end();
+}
+
 /* logrotate: rename, then SIGHUP. */
 static void test_store_reopen(void)
 {
@@ -1048,6 +1069,7 @@ void test_store_suite(void)
     test_run("store_failure_spans_files", test_store_failure_spans_files);
     test_run("store_replaced_by_dir", test_store_replaced_by_dir);
     test_run("store_rotated_without_reopen", test_store_rotated_without_reopen);
+    test_run("store_copytruncate", test_store_copytruncate);
     test_run("store_reopen", test_store_reopen);
     test_run("store_reopen_retry", test_store_reopen_retry);
     test_run("store_torn_tail", test_store_torn_tail);
