@@ -1011,6 +1011,12 @@ static int shard_split(config_reader *r, fep_config *cfg)
     cfg->n_other = other;
     sort_sids(cfg->other_sids, other);
     config_index(cfg);
+    /* The state is sized by max_dcus: by default, the shard's own DCUs and
+     * the spare, not the whole file's. */
+    if (!given_line(r, "max_dcus")) {
+        unsigned cap = own + DCUS_SPARE;
+        cfg->max_dcus = cap < cfg->dcus_cap ? cap : cfg->dcus_cap;
+    }
     return 0;
 }
 
@@ -1245,6 +1251,11 @@ int config_reload_check(const fep_config *live, const fep_config *staged,
         if (d->reload == RELOADABLE ||
             (memcmp(field_of(live, d), field_of(staged, d), d->size) == 0 &&
              flag_of(live, d) == flag_of(staged, d)))
+            continue;
+        /* A shard's default max_dcus follows its own DCUs; the table it
+         * sized stays until a restart. */
+        if (strcmp(d->name, "max_dcus") == 0 && !live->lines[k] &&
+            !staged->lines[k])
             continue;
         snprintf(err, errlen, "%s:%u: %s changed: a reload cannot change it "
                  "(restart fepd)%s", path, line, d->name,

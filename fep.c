@@ -889,6 +889,14 @@ static void log_stats(const fepd *d)
  * into tables that were sized at start-up, so nothing is allocated.
  * ---------------------------------------------------------------------- */
 
+/* The DCU entries both tables have room for (with shards the config's
+ * holds the whole file, the state's the shard's own DCUs). */
+static unsigned dcu_table_cap(const fepd *d)
+{
+    return d->cfg.dcus_cap < d->state.dcus_cap ? d->cfg.dcus_cap
+                                               : d->state.dcus_cap;
+}
+
 /* An entry no slot names any more: free for a DCU a reload adds. */
 static int dcu_entry_reusable(const fepd *d, unsigned i)
 {
@@ -907,7 +915,7 @@ static int dcu_entry_free(fepd *d, unsigned *scan)
             return (int)i;
         }
     }
-    return d->cfg.n_dcus < d->cfg.dcus_cap ? (int)d->cfg.n_dcus : -1;
+    return d->cfg.n_dcus < dcu_table_cap(d) ? (int)d->cfg.n_dcus : -1;
 }
 
 static int key_changed(const dcu_conf *a, const dcu_conf *b)
@@ -1006,7 +1014,9 @@ static void reload_add(fepd *d, int live, int staged, void *arg)
 static int reload_apply(fepd *d, struct reload_count *n, char *err,
                         size_t errlen)
 {
-    unsigned scan = 0, i, free_entries = d->cfg.dcus_cap - d->cfg.n_dcus;
+    unsigned scan = 0, i, free_entries = dcu_table_cap(d) > d->cfg.n_dcus
+                                             ? dcu_table_cap(d) - d->cfg.n_dcus
+                                             : 0;
 
     memset(n, 0, sizeof *n);
     dcus_merge(d, reload_count, n);
@@ -1017,7 +1027,7 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
         snprintf(err, errlen, "%s: %u DCUs added, room for %u more (max_dcus "
                  "%u, with removed ones still in session): restart with a "
                  "larger max_dcus", d->config_path, n->added, free_entries,
-                 d->cfg.dcus_cap);
+                 dcu_table_cap(d));
         return -1;
     }
     if (state_need_fits(&d->state, &n->need, err, errlen) != 0)
