@@ -838,6 +838,8 @@ typedef struct fep_state {
     unsigned n_dcus, dcus_cap;
     uint64_t generation;                /* of the snapshot on disk */
     uint64_t reservations;              /* tx lines in the journal since it */
+    uint64_t journal_records;           /* lines in the journal (at start-up) */
+    int witness_failed;                 /* the last witness write failed */
     int dirty;                          /* something changed since the last save */
     int marks_raised;                   /* a mark rose: save before the pass's ACKs */
     uint64_t syncs;                     /* journal appends and snapshots written */

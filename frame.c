@@ -64,7 +64,7 @@ const char *fep_strerror(fep_err err)
     case FEP_ERR_TIMEOUT: return "timed out";
     case FEP_ERR_IO: return "system call failed";
     case FEP_ERR_CLOSED: return "connection closed by the peer";
-    case FEP_ERR_NACKED: return "the peer refused a request (NACK or ACK instead of a response)";
+    case FEP_ERR_NACKED: return "the peer refused a request";
     case FEP_ERR_NOSPACE: return "buffer too small";
     case FEP_ERR_CONNECT: return "could not connect";
     case FEP_ERR_SHUTDOWN: return "shutting down";

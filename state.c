@@ -472,7 +472,9 @@ static void witness_write(fep_state *st)
 {
     const char *what;
 
-    if (file_replace(st, st->witness_path, witness_fill, &what) != 0)
+    st->witness_failed = file_replace(st, st->witness_path, witness_fill,
+                                      &what) != 0;
+    if (st->witness_failed)
         log_msg(LOG_ERROR, "%s: %s: %s (the state is saved; the rollback "
                 "witness is behind it until the next save)", st->witness_path,
                 what, strerror(errno));
@@ -1295,6 +1297,7 @@ static int load_journal(fep_state *st, const state_loader *s, char *err,
     if (load_file(&l, fd, err, errlen) != 0)
         return -1;
     st->journal_size = l.whole;
+    st->journal_records = l.records;
     if (!l.headed || l.generation == s->generation || s->v1) {
         st->reservations = l.tx_lines;
         return 0;
@@ -1351,8 +1354,12 @@ static int witness_check(const fep_state *st, char *err, size_t errlen)
     uint64_t gen, res;
     int rc = witness_read(st, &gen, &res, err, errlen);
 
+    /* Every state of this format was followed by its witness, but for a
+     * first start cut short between its first snapshot and the witness:
+     * generation 1 and nothing appended since, so nothing was sent. */
+    if (rc == 0 && st->generation == 1 && st->journal_records == 0)
+        return 0;
     if (rc == 0 && st->generation > 0) {
-        /* Every state of this format was followed by its witness. */
         snprintf(err, errlen, "%s: missing, while %s (generation %llu) was "
                  "written by a fepd that keeps it: data_dir lost, or state_dir "
                  "restored from a backup?  %s.  If only data_dir was lost and "
@@ -1774,6 +1781,13 @@ int state_open(fep_state *st, const fep_config *cfg, const state_start *how,
     }
     if (state_save_err(st, 1, err, errlen) != 0)
         goto fail;
+    /* Behind is safe later on; a start without any witness would leave the
+     * next start to refuse the state (data_dir cannot be written anyway). */
+    if (st->witness_failed) {
+        snprintf(err, errlen, "%s: cannot be written (see above): fepd does "
+                 "not start without its rollback witness", st->witness_path);
+        goto fail;
+    }
     return 0;
 fail:
     state_release(st);

@@ -1246,6 +1246,8 @@ static void test_state_witness_damaged(void)
     begin("state-witness");
     cfg_make(1, keys);
     CHECK(state_open_here() == 0);
+    state_rx_raise(&st_state, 0, 3);        /* the run did something */
+    CHECK(state_save(&st_state, &state_cfg) == 0);
     state_release(&st_state);
     for (i = 0; i < sizeof damaged / sizeof damaged[0]; i++) {
         text_write("fepd.generation", damaged[i]);
@@ -1259,6 +1261,16 @@ static void test_state_witness_damaged(void)
     REFUSED("/fepd.generation: missing, while ", "(generation 1) was written "
             "by a fepd that keeps it", "printf 'fepd-generation 1 0\\n' > ");
     text_write("fepd.generation", "fepd-generation 1 0\n");
+    CHECK(state_open_here() == 0);
+    CHECK_FILE("fepd.generation", "fepd-generation 2 0\n");
+    state_release(&st_state);
+    /* A first start cut short between its first snapshot and the witness
+     * (generation 1, nothing appended: nothing was sent) is no loss. */
+    test_remove_tree(path_of("state"));
+    CHECK(unlink(path_of("fepd.generation")) == 0);
+    CHECK(state_open_here() == 0);
+    state_release(&st_state);
+    CHECK(unlink(path_of("fepd.generation")) == 0);
     CHECK(state_open_here() == 0);
     CHECK_FILE("fepd.generation", "fepd-generation 2 0\n");
     state_release(&st_state);
