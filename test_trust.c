@@ -278,9 +278,33 @@ static void test_trust_state_lost(void)
 
 /* A copy of state_dir taken earlier and put back is refused (the witness
  * in data_dir is ahead of it); so is a snapshot older than its journal. */
-static void test_trust_state_restored(void)
+/* Two runs of a keyed push each; state_dir as the first left it is then
+ * put back over what the second wrote: a restore from a backup. */
+static void two_runs_then_restore(struct trust *t, const gcm_key *key)
 {
     char backup_state[PATH_T + 16], backup_journal[PATH_T + 16];
+    uint16_t run;
+
+    snprintf(backup_state, sizeof backup_state, "%s/backup.state", t->dir);
+    snprintf(backup_journal, sizeof backup_journal, "%s/backup.journal",
+             t->dir);
+    for (run = 1; run <= 2; run++) {
+        if (trust_start(t, 0) == 0) {
+            CHECK_EQ(push_once(t, key, run, 100u * run, NULL), CMD_ACK);
+            CHECK_EQ(trust_stop(t, SIGTERM), 0);
+        }
+        if (run == 1) {
+            copy_file(t->snapshot, backup_state);
+            copy_file(t->journal, backup_journal);
+        }
+    }
+    copy_file(backup_state, t->snapshot);
+    copy_file(backup_journal, t->journal);
+}
+
+static void test_trust_state_restored(void)
+{
+    char backup_state[PATH_T + 16];
     struct trust t;
     gcm_key key;
 
@@ -288,20 +312,7 @@ static void test_trust_state_restored(void)
         return;
     key_init(&key, KEY_A);
     trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
-    snprintf(backup_state, sizeof backup_state, "%s/backup.state", t.dir);
-    snprintf(backup_journal, sizeof backup_journal, "%s/backup.journal", t.dir);
-    if (trust_start(&t, 0) == 0) {
-        CHECK_EQ(push_once(&t, &key, 1, 1, NULL), CMD_ACK);
-        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
-    }
-    copy_file(t.snapshot, backup_state);
-    copy_file(t.journal, backup_journal);
-    if (trust_start(&t, 0) == 0) {
-        CHECK_EQ(push_once(&t, &key, 2, 2, NULL), CMD_ACK);
-        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
-    }
-    copy_file(backup_state, t.snapshot);
-    copy_file(backup_journal, t.journal);
+    two_runs_then_restore(&t, &key);
     check_refused(&t, "the state was rolled back");
     trust_end(&t);
     /* The old snapshot beside the newer journal. */
@@ -639,7 +650,6 @@ static void test_trust_one_fepd_a_state_dir(void)
  * witness back for the operator who knows the state is the newest. */
 static void test_trust_witness_missing(void)
 {
-    char backup_state[PATH_T + 16], backup_journal[PATH_T + 16];
     char witness[PATH_T + 16];
     struct trust t;
     gcm_key key;
@@ -648,21 +658,8 @@ static void test_trust_witness_missing(void)
         return;
     key_init(&key, KEY_A);
     trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
-    snprintf(backup_state, sizeof backup_state, "%s/backup.state", t.dir);
-    snprintf(backup_journal, sizeof backup_journal, "%s/backup.journal", t.dir);
     snprintf(witness, sizeof witness, "%s/fepd.generation", t.data);
-    if (trust_start(&t, 0) == 0) {
-        CHECK_EQ(push_once(&t, &key, 1, 1, NULL), CMD_ACK);
-        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
-    }
-    copy_file(t.snapshot, backup_state);
-    copy_file(t.journal, backup_journal);
-    if (trust_start(&t, 0) == 0) {
-        CHECK_EQ(push_once(&t, &key, 2, 100, NULL), CMD_ACK);
-        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
-    }
-    copy_file(backup_state, t.snapshot);
-    copy_file(backup_journal, t.journal);
+    two_runs_then_restore(&t, &key);
     CHECK(unlink(witness) == 0);
     check_refused(&t, "fepd.generation: missing, while ");
     CHECK(test_log_count(t.log, "printf 'fepd-generation ") > 0);
