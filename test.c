@@ -434,6 +434,40 @@ void test_remove_tree(const char *path)
     }
 }
 
+static sys_ledger unit_ledger;           /* at test_unit_begin */
+
+void test_unit_begin(char *dir, size_t cap, const char *tag)
+{
+    CHECK(test_tmpdir(dir, cap, tag) == 0);
+    CHECK(sys_fault_set("") == 0);
+    unit_ledger = sys_ledger_get();
+}
+
+void test_unit_check_ledger(void)
+{
+    sys_ledger now = sys_ledger_get();
+
+    CHECK_EQ(now.opened - unit_ledger.opened, now.closed - unit_ledger.closed);
+}
+
+void test_unit_end(const char *dir)
+{
+    CHECK(sys_fault_set("") == 0);
+    test_unit_check_ledger();
+    test_remove_tree(dir);
+}
+
+const char *test_path(const char *dir, const char *name)
+{
+    static char path[2][512];
+    static unsigned turn;
+    char *p = path[turn++ % 2];
+
+    if (snprintf(p, sizeof path[0], "%s/%s", dir, name) >= (int)sizeof path[0])
+        CHECK(!"a test path too long");
+    return p;
+}
+
 /* ------------------------------------------------------------------------
  * Raw peers: a DCU or a FEP played by the test itself, frame by frame
  * ---------------------------------------------------------------------- */

@@ -73,6 +73,18 @@ int test_wait_log(const char *path, const char *needle, long count, int ms);
 /* rm -r path. */
 void test_remove_tree(const char *path);
 
+/* A unit test's directory, one at a time.  test_unit_begin makes dir (a
+ * fresh empty directory, in dir[0..cap)), clears sys.c's fault injection
+ * and notes the descriptor ledger; test_unit_end clears the faults, checks
+ * the ledger and removes dir. */
+void test_unit_begin(char *dir, size_t cap, const char *tag);
+void test_unit_end(const char *dir);
+/* Checks that every descriptor opened since test_unit_begin was closed. */
+void test_unit_check_ledger(void);
+/* dir/name, in one of two buffers taken in turn, so that one call can take
+ * two paths (rename(test_path(d, a), test_path(d, b))). */
+const char *test_path(const char *dir, const char *name);
+
 /* Raw peers, frame by frame, with blocking sockets bounded by RAW_MS. */
 #define RAW_MS 3000                     /* a raw socket's read or write */
 #define NACK(code) (0x100 + (code))     /* raw_answer's value for a NACK */

@@ -34,7 +34,6 @@
 
 static char text[TEXT_SIZE];            /* a file read back */
 static char dir[DIR_SIZE];
-static sys_ledger ledger_start;
 
 static dcu_conf state_dcus[STATE_DCUS];
 static unsigned state_by_sid[STATE_DCUS];
@@ -59,32 +58,19 @@ static void fault(const char *spec)
 
 static void begin(const char *tag)
 {
-    CHECK(test_tmpdir(dir, sizeof dir, tag) == 0);
-    ledger_start = sys_ledger_get();
-    fault("");
+    test_unit_begin(dir, sizeof dir, tag);
     memset(&how, 0, sizeof how);
 }
 
 /* Checks that no descriptor is left open, and removes dir. */
 static void end(void)
 {
-    sys_ledger now = sys_ledger_get();
-
-    fault("");
-    CHECK_EQ(now.opened - ledger_start.opened, now.closed - ledger_start.closed);
-    test_remove_tree(dir);
+    test_unit_end(dir);
 }
 
-/* dir/name; two buffers in turn, so that a call can take two paths. */
 static const char *path_of(const char *name)
 {
-    static char path[2][DIR_SIZE + 64];
-    static unsigned turn;
-    char *p = path[turn++ % 2];
-
-    if (snprintf(p, sizeof path[0], "%s/%s", dir, name) >= (int)sizeof path[0])
-        CHECK(!"a test path too long");
-    return p;
+    return test_path(dir, name);
 }
 
 /* The file's whole text (empty when it cannot be read). */
@@ -1855,8 +1841,7 @@ static void test_state_journal_append_cost(void)
     CHECK(journal_size() > before + 10 * 60 && journal_size() < before + 10 * 100);
     CHECK(file_ino("state/fepd.state") == snap_ino);
     /* Between saves no descriptor is held. */
-    CHECK_EQ(sys_ledger_get().opened - ledger_start.opened,
-             sys_ledger_get().closed - ledger_start.closed);
+    test_unit_check_ledger();
     restart_check();
     state_release(&st_state);
     big_cfg_free();
@@ -2071,8 +2056,7 @@ static void test_state_journal_append_failure(void)
         CHECK_EQ(st_state.dcus[0].changed, 1);
         CHECK_EQ(st_state.dcus[n - 1].changed, 1);
         CHECK_FILE("state/fepd.journal", before);
-        CHECK_EQ(sys_ledger_get().opened - ledger_start.opened,
-                 sys_ledger_get().closed - ledger_start.closed);
+        test_unit_check_ledger();
     }
     CHECK(state_save(&st_state, &state_cfg) == 0);
     CHECK_EQ(st_state.n_changed, 0);

@@ -27,7 +27,6 @@ static store st_store;
 static char text[TEXT_SIZE];            /* a file read back */
 static char want[TEXT_SIZE];            /* what it must hold */
 static char dir[DIR_SIZE];
-static sys_ledger ledger_start;
 
 static const char lp_header[] =
     "dcu_id,meter_id,ts,import_wh,export_wh,status,qsn,fsn,received_at\n";
@@ -51,32 +50,18 @@ static void fault(const char *spec)
 
 static void begin(const char *tag)
 {
-    CHECK(test_tmpdir(dir, sizeof dir, tag) == 0);
-    ledger_start = sys_ledger_get();
-    fault("");
+    test_unit_begin(dir, sizeof dir, tag);
 }
 
-/* Removes dir and everything the tests put in it. */
+/* Checks that no descriptor is left open, and removes dir. */
 static void end(void)
 {
-    sys_ledger now = sys_ledger_get();
-
-    fault("");
-    CHECK_EQ(now.opened - ledger_start.opened, now.closed - ledger_start.closed);
-    test_remove_tree(dir);
+    test_unit_end(dir);
 }
 
-/* dir/name; two buffers in turn, so that rename(path_of(a), path_of(b))
- * gets two paths. */
 static const char *path_of(const char *name)
 {
-    static char path[2][DIR_SIZE + 64];
-    static unsigned turn;
-    char *p = path[turn++ % 2];
-
-    if (snprintf(p, sizeof path[0], "%s/%s", dir, name) >= (int)sizeof path[0])
-        CHECK(!"a test path too long");
-    return p;
+    return test_path(dir, name);
 }
 
 /* The file's whole text (empty when it cannot be read). */
