@@ -598,11 +598,9 @@ int raw_closed(int fd, int ms)
     return 0;
 }
 
-/* A DCU in the test process: a listening socket fepd polls. */
-int dcu_listen(int *port)
+int test_listen(int port)
 {
     struct sockaddr_in a;
-    socklen_t len = sizeof a;
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
 
     if (fd < 0)
@@ -610,9 +608,25 @@ int dcu_listen(int *port)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 8) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A DCU in the test process: a listening socket fepd polls. */
+int dcu_listen(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = test_listen(0);
+
+    if (fd < 0)
+        return -1;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
         close(fd);
         return -1;
     }

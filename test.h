@@ -52,6 +52,8 @@ void test_sleep_ms(int ms);
 int test_tmpdir(char *out, size_t cap, const char *tag);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int test_free_port(void);
+/* A socket listening on 127.0.0.1:port (0: any port); -1 on failure. */
+int test_listen(int port);
 /* Whole file into buf (NUL-terminated); returns length or -1. */
 long test_read_file(const char *path, char *buf, size_t cap);
 int test_write_file(const char *path, const char *text);

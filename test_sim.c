@@ -918,15 +918,13 @@ static void test_sim_config_out(void)
     CHECK(sim_report(&p, "sessions") >= 0);
 }
 
-static int listen_on(int port);
-
 static void test_sim_listen_in_use(void)
 {
     struct simproc p;
     int fd;
 
     sim_prepare(&p, "sim-inuse");
-    fd = listen_on(p.port);
+    fd = test_listen(p.port);
     CHECK(fd >= 0);
     {
         const char *const args[] = { "--listen", p.addr, NULL };
@@ -1339,25 +1337,6 @@ static void test_sim_fault_cut(void)
  * Push, signals, command line
  * ---------------------------------------------------------------------- */
 
-static int listen_on(int port)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Accepts one push session and ACKs its packets; the DCU number or 0. */
 static uint32_t push_serve(int lfd, uint32_t *records)
 {
@@ -1397,7 +1376,7 @@ static void test_sim_push(void)
 
     sim_prepare(&p, "sim-push");
     sim_path(&p, "acked.csv", acked, sizeof acked);
-    lfd = listen_on(p.port);
+    lfd = test_listen(p.port);
     CHECK(lfd >= 0);
     if (lfd >= 0) {
         const char *const args[] = {
@@ -1568,7 +1547,7 @@ static void test_sim_latency_push(void)
     int lfd;
 
     sim_prepare(&p, "sim-latpush");
-    lfd = listen_on(p.port);
+    lfd = test_listen(p.port);
     CHECK(lfd >= 0);
     if (lfd >= 0) {
         const char *const args[] = {
