@@ -1057,13 +1057,11 @@ void sess_poll_connected(fepd *d, session *s);
 /* Takes the frames held in s->rx until one needs a commit, the session
  * ends, or more bytes are needed. */
 void sess_process(fepd *d, session *s);
-/* After the pass's store_commit: ACK (ok) or NACK STORE the pending packet. */
+/* After the pass's commit: goes on with what the pending frame awaited
+ * (ACK, re-ACK, next request) when ok, else NACK STORE and end. */
 void sess_committed(fepd *d, session *s, int ok);
 /* Marks the session finished (DRAINING); the first call counts its result. */
 void sess_end(fepd *d, session *s, fep_err why);
-/* Statistics, DCU state and the log line of a session whose exchange is
- * over (called by sess_end). */
-void sess_account(fepd *d, session *s, int64_t now_ms);
 /* The counters of one session of DCU dcu (-1: none bound), however it
  * ended, a connect that failed at once included. */
 void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result);

@@ -87,23 +87,6 @@ static void wait_frame(const fepd *d, session *s)
     s->io_deadline_ms = sys_now_ms() + d->cfg.timeout_frame_ms;
 }
 
-void sess_end(fepd *d, session *s, fep_err why)
-{
-    if (!s->accounted) {
-        /* The exchange is over: its result counts now, not when the
-         * connection has drained and lingered. */
-        s->result = why;
-        s->accounted = 1;
-        sess_account(d, s, sys_now_ms());
-    }
-    s->state = SLOT_DRAINING;
-    s->wait = WAIT_NONE;
-    /* Its exchanges are over: while the last bytes drain and the slot
-     * lingers, the DCU may already open its next session (not BUSY). */
-    if (s->dcu >= 0 && d->state.dcus[s->dcu].session == (int)(s - d->slots))
-        d->state.dcus[s->dcu].session = -1;
-}
-
 /* A printable name for the peer: its DCU once bound, before that the SID
  * its frames claim ("?" before any frame). */
 static const char *peer_name(const fepd *d, const session *s,
@@ -365,12 +348,11 @@ static void request_refused(fepd *d, session *s, const frame *f,
 static void await_commit(fepd *d, session *s, const frame *f,
                          enum sess_pending what, int rows)
 {
+    s->pending = what;
     if (what != PENDING_ROWS && s->key_index < 0) {
-        s->pending = what;
         sess_committed(d, s, 1);
         return;
     }
-    s->pending = what;
     s->pending_fsn = f->fsn;
     s->pending_last = (f->ctl & CTL_LAST) != 0;
     s->pending_rows = rows;
@@ -575,7 +557,7 @@ void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result)
 
 /* Accounts for a session whose exchange is over: statistics, the DCU's
  * state, one log line.  Called once, by sess_end. */
-void sess_account(fepd *d, session *s, int64_t now_ms)
+static void sess_account(fepd *d, session *s, int64_t now_ms)
 {
     int ok = s->result == FEP_OK;
     char name[FRAME_ID_SIZE + 1];
@@ -590,4 +572,21 @@ void sess_account(fepd *d, session *s, int64_t now_ms)
             kind_name(s), peer_name(d, s, name), peer, ok ? "ok" : "error",
             ok ? "" : ": ", ok ? "" : fep_strerror(s->result),
             (unsigned)s->records, (long long)(now_ms - s->opened_ms));
+}
+
+void sess_end(fepd *d, session *s, fep_err why)
+{
+    if (!s->accounted) {
+        /* The exchange is over: its result counts now, not when the
+         * connection has drained and lingered. */
+        s->result = why;
+        s->accounted = 1;
+        sess_account(d, s, sys_now_ms());
+    }
+    s->state = SLOT_DRAINING;
+    s->wait = WAIT_NONE;
+    /* Its exchanges are over: while the last bytes drain and the slot
+     * lingers, the DCU may already open its next session (not BUSY). */
+    if (s->dcu >= 0 && d->state.dcus[s->dcu].session == (int)(s - d->slots))
+        d->state.dcus[s->dcu].session = -1;
 }
