@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "fep.h"
 
@@ -1234,14 +1233,6 @@ static void install_signals(void)
 }
 
 /* Whether a and b name one directory (both there). */
-static int same_dir(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /*
  * One fepd a data_dir and a state_dir: two on one state_dir would send
  * under the same GCM IVs and miss each other's replay marks; two on one
@@ -1257,17 +1248,16 @@ static int dirs_lock(fepd *d, int check_only)
     unsigned i;
 
     for (i = 0; i < 2; i++) {
-        struct stat sb;
         long holder;
         int fd;
 
-        if (d->lock_fds[i] >= 0 || (i == 1 && same_dir(dirs[0], dirs[1])))
+        if (d->lock_fds[i] >= 0 || (i == 1 && sys_same_file(dirs[0], dirs[1])))
             continue;
         if (!check_only && i == 0 && sys_mkdir(dirs[0]) != 0) {
             log_msg(LOG_ERROR, "%s: %s", dirs[0], strerror(errno));
             return -1;
         }
-        if (stat(dirs[i], &sb) != 0 || !S_ISDIR(sb.st_mode))
+        if (!sys_is_dir(dirs[i]))
             continue;                   /* nothing to share (or --check says why) */
         fd = sys_dir_lock(dirs[i], check_only, &holder);
         if (fd == SYS_LOCKED) {

@@ -465,6 +465,10 @@ int sys_ftruncate(int fd, off_t size);
 int sys_mkdir(const char *path);
 /* fsync of a directory, so that a name made or renamed in it is durable. */
 int sys_fsync_dir(const char *dir);
+/* 1 when path is an existing directory, else 0. */
+int sys_is_dir(const char *path);
+/* 1 when a and b name the same existing file or directory, else 0. */
+int sys_same_file(const char *a, const char *b);
 /* Opens a file that must be a regular file, without blocking on a FIFO or
  * a device: the descriptor, -1 with errno, or SYS_NOT_REGULAR (nothing
  * left open).  *size (when given) is its size at open. */

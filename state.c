@@ -1519,12 +1519,11 @@ static int state_adopt_marks(fep_state *st, const char *pattern,
 {
     char dir[PATH_SIZE], snapshot[PATH_SIZE], journal[PATH_SIZE];
     unsigned j, dirs = 0, raised = 0;
-    struct stat sb;
     int full = 0;
 
     for (j = 0; j < SHARDS_MAX; j++) {
         if (j == self || config_shard_expand(pattern, j, dir, sizeof dir) != 0 ||
-            stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            !sys_is_dir(dir))
             continue;
         if (snprintf(snapshot, sizeof snapshot, "%s/" STATE_NAME, dir) >=
                 (int)sizeof snapshot ||

@@ -641,6 +641,21 @@ static int mkdir_one(const char *path)
     return 0;
 }
 
+int sys_is_dir(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+int sys_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
 int sys_mkdir(const char *path)
 {
     char partial[PATH_SIZE];
