@@ -420,6 +420,15 @@ typedef struct sys_addr {
 /* Monotonic milliseconds (deadlines) and wall-clock seconds (CSV times). */
 int64_t sys_now_ms(void);
 int64_t sys_wall_s(void);
+/* The UTC calendar fields of t, seconds since the epoch.  fepd writes only
+ * UTC, so it does not call gmtime_r: glibc's reads the local zone file on
+ * first use, which costs a file read, heap and code a small process need
+ * not map. */
+typedef struct sys_utc {
+    int year, month, day;               /* month 1..12, day 1..31 */
+    int hour, min, sec;
+} sys_utc;
+void sys_utc_of(int64_t t, sys_utc *u);
 
 /* "host:port", "[v6]:port" or "name:port" -> address (resolves now, once).
  * Returns 0, or -1 with a message in err. */

@@ -84,7 +84,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fep.h"
@@ -1464,11 +1463,11 @@ static int set_aside(const char *path, const char *stamp, char *err,
 static int state_set_aside(const fep_state *st, char *err, size_t errlen)
 {
     char stamp[LOST_SUFFIX_MAX];
-    time_t now = (time_t)sys_wall_s();
-    struct tm tm;
+    sys_utc u;
 
-    gmtime_r(&now, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    sys_utc_of(sys_wall_s(), &u);
+    snprintf(stamp, sizeof stamp, "%04d%02d%02dT%02d%02d%02dZ", u.year,
+             u.month, u.day, u.hour, u.min, u.sec);
     log_msg(LOG_WARN, "--fresh-state: every key's IC starts again at 1 and "
             "every replay mark is forgotten; every keyed DCU must have a new "
             "key");

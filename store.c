@@ -55,7 +55,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fep.h"
@@ -749,16 +748,14 @@ static void ready_path(const store *s, unsigned i, int64_t began, uint64_t seq,
                        char out[READY_PATH_SIZE])
 {
     char id[3 * FRAME_ID_SIZE + 1];
-    time_t t = (time_t)began;
-    struct tm tm;
+    sys_utc u;
 
     id_for_name(s->fep_id, id);
-    memset(&tm, 0, sizeof tm);
-    gmtime_r(&t, &tm);
+    sys_utc_of(began, &u);
     if (snprintf(out, READY_PATH_SIZE,
                  "%s/" READY_DIR "/%s-%s-%04d%02d%02dT%02d%02d%02dZ-%06llu.csv",
-                 s->dir, store_files[i].kind, id, tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 s->dir, store_files[i].kind, id, u.year, u.month, u.day,
+                 u.hour, u.min, u.sec,
                  (unsigned long long)seq) >= (int)READY_PATH_SIZE)
         abort();                        /* READY_NAME_MAX is wrong */
 }

@@ -159,6 +159,33 @@ int64_t sys_wall_s(void)
     return (int64_t)time(NULL);
 }
 
+/* Days since 1970-01-01 to a proleptic Gregorian date, in 400-year eras
+ * of 146,097 days counted from 0000-03-01 (H. Hinnant, "chrono-Compatible
+ * Low-Level Date Algorithms"): no table, no loop, right for any int64 day. */
+void sys_utc_of(int64_t t, sys_utc *u)
+{
+    int64_t days = t / 86400, secs = t % 86400, era, year;
+    int64_t doe, yoe, doy, mp;
+
+    if (secs < 0) {
+        secs += 86400;
+        days--;
+    }
+    days += 719468;                     /* 0000-03-01 to 1970-01-01 */
+    era = (days >= 0 ? days : days - 146096) / 146097;
+    doe = days - era * 146097;                          /* [0, 146096] */
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);      /* [0, 365] */
+    mp = (5 * doy + 2) / 153;                           /* March is 0 */
+    year = yoe + era * 400 + (mp >= 10);
+    u->year = (int)year;
+    u->month = (int)(mp < 10 ? mp + 3 : mp - 9);
+    u->day = (int)(doy - (153 * mp + 2) / 5 + 1);
+    u->hour = (int)(secs / 3600);
+    u->min = (int)(secs / 60 % 60);
+    u->sec = (int)(secs % 60);
+}
+
 /* ------------------------------------------------------------------------
  * Addresses
  * ---------------------------------------------------------------------- */
@@ -1090,9 +1117,7 @@ static size_t log_prefix(char *line, size_t cap, int level)
     static const char priorities[] = "3467";
     static int journal = -1;
     struct timespec ts;
-    struct tm tm;
-    time_t secs;
-    size_t n = 0;
+    sys_utc u;
     int r;
 
     level = level < 0 ? 0 : level > 3 ? 3 : level;
@@ -1104,12 +1129,11 @@ static size_t log_prefix(char *line, size_t cap, int level)
         return r > 0 ? (size_t)r : 0;
     }
     clock_gettime(CLOCK_REALTIME, &ts);
-    secs = ts.tv_sec;
-    gmtime_r(&secs, &tm);
-    n = strftime(line, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    r = snprintf(line + n, cap - n, ".%03ldZ %s %s: ", ts.tv_nsec / 1000000L,
-                 log_name, names[level]);
-    return r > 0 ? n + (size_t)r : n;
+    sys_utc_of((int64_t)ts.tv_sec, &u);
+    r = snprintf(line, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
+                 u.year, u.month, u.day, u.hour, u.min, u.sec,
+                 ts.tv_nsec / 1000000L, log_name, names[level]);
+    return r > 0 ? (size_t)r : 0;
 }
 
 void log_msg(int level, const char *fmt, ...)

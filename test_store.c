@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fep.h"
@@ -1026,6 +1027,47 @@ static void test_store_segments_names(void)
     end();
 }
 
+/* The UTC fields in segment names (and log lines) agree with the C
+ * library's gmtime_r: day, month, leap-year and era edges, and a stride
+ * through the whole range fepd writes (TIME_MAX_S is 9999-12-31). */
+static int utc_agrees(int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    sys_utc u;
+
+    if (gmtime_r(&tt, &tm) == NULL)
+        return 0;
+    sys_utc_of(t, &u);
+    return u.year == tm.tm_year + 1900 && u.month == tm.tm_mon + 1 &&
+           u.day == tm.tm_mday && u.hour == tm.tm_hour &&
+           u.min == tm.tm_min && u.sec == tm.tm_sec;
+}
+
+static void test_store_utc(void)
+{
+    static const int64_t edges[] = {
+        0, 59, 86399, 86400, -1, -86401, 68169600 /* 1972-02-29 */,
+        951782399, 951782400, 951868800 /* 2000-02-29..03-01 */,
+        978307199, 978307200, 1709164800 /* 2024-02-29 */,
+        2147483647, 2147483648LL, 4107542399LL /* 2100-02-28 end */,
+        4107542400LL, 253402300799LL /* 9999-12-31T23:59:59 */
+    };
+    unsigned i, bad = 0;
+    int64_t t, first_bad = 0;
+
+    for (i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        if (!utc_agrees(edges[i]) && bad++ == 0)
+            first_bad = edges[i];
+    for (t = 0; t <= 253402300799LL; t += 7777777)      /* 32,580 times */
+        if (!utc_agrees(t) && bad++ == 0)
+            first_bad = t;
+    if (bad)
+        printf("  sys_utc_of(%lld) differs from gmtime_r\n",
+               (long long)first_bad);
+    CHECK_EQ(bad, 0);
+}
+
 /* Without rotate, a segment an earlier run left is not touched. */
 static void test_store_segments_left(void)
 {
@@ -1071,5 +1113,6 @@ void test_store_suite(void)
     test_run("store_segments_reopen", test_store_segments_reopen);
     test_run("store_segments_set_rotate", test_store_segments_set_rotate);
     test_run("store_segments_names", test_store_segments_names);
+    test_run("store_utc", test_store_utc);
     test_run("store_segments_left", test_store_segments_left);
 }
