@@ -134,7 +134,8 @@ typedef enum fep_err {
     FEP_ERR_NACKED,                     /* the peer answered with a NACK */
     FEP_ERR_NOSPACE,                    /* a caller's buffer is too small */
     FEP_ERR_CONNECT,                    /* the connection could not be made */
-    FEP_ERR_SHUTDOWN                    /* the process is stopping */
+    FEP_ERR_SHUTDOWN,                   /* the process is stopping */
+    FEP_ERR_NO_IC                       /* no IC to protect a frame with */
 } fep_err;
 
 /* A short English phrase ("CRC mismatch"); never NULL. */

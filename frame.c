@@ -68,6 +68,7 @@ const char *fep_strerror(fep_err err)
     case FEP_ERR_NOSPACE: return "buffer too small";
     case FEP_ERR_CONNECT: return "could not connect";
     case FEP_ERR_SHUTDOWN: return "shutting down";
+    case FEP_ERR_NO_IC: return "no invocation counter left to protect a frame";
     }
     return "unknown error";
 }

@@ -46,8 +46,8 @@ static int tx_make_room(session *s, size_t n)
  * to a keyed DCU, ACK and NACK included).  -1 when no IC could be reserved or
  * the frame does not fit; the caller then ends the session.
  */
-static int send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
-                      uint16_t fsn, const uint8_t *payload, size_t len)
+static fep_err send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
+                          uint16_t fsn, const uint8_t *payload, size_t len)
 {
     frame_hdr h;
     const gcm_key *key = NULL;
@@ -63,22 +63,22 @@ static int send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
     h.fsn = fsn;
     if (s->key_index >= 0) {
         ic = state_take_ic(&d->state, (unsigned)s->key_index);
-        if (ic == 0)
-            return -1;
+        if (ic == 0)                    /* state.c said why: full disk, or used up */
+            return FEP_ERR_NO_IC;
         key = &s->key;
     }
     if (tx_make_room(s, FRAME_HEADER_SIZE + SEC_OVERHEAD + len +
                             FRAME_CRC_SIZE) != 0)
-        return -1;
+        return FEP_ERR_NOSPACE;
     n = frame_encode(s->tx + s->tx_len, TX_BUF_SIZE - s->tx_len, &h, payload,
                      len, key, ic);
     if (n == 0)
-        return -1;
+        return FEP_ERR_NOSPACE;
     log_hex("sent", s->tx + s->tx_len, n);
     s->tx_len = (uint16_t)(s->tx_len + n);
     s->msn++;
     d->stats.frames_sent++;
-    return 0;
+    return FEP_OK;
 }
 
 static void wait_frame(const fepd *d, session *s)
@@ -118,6 +118,7 @@ static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
     char name[FRAME_ID_SIZE + 1];
     int shard = code == FEP_ERR_UNKNOWN && s->dcu < 0
                     ? config_other_shard(&d->cfg, f->sid) : -1;
+    fep_err sent;
 
     if (code == FEP_ERR_CRC)
         log_msg(LOG_WARN, "%s %s: NACK crc (CRC mismatch, strike %u of %d)",
@@ -130,8 +131,9 @@ static void send_nack(fepd *d, session *s, const frame *f, fep_err code)
         log_msg(LOG_WARN, "%s %s: NACK %s (%s)", kind_name(s),
                 peer_name(d, s, name), fep_nack_name(code), fep_strerror(code));
     payload[0] = (uint8_t)code;
-    if (send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload) != 0) {
-        sess_end(d, s, FEP_ERR_NOSPACE);    /* a NACK is never dropped silently */
+    sent = send_frame(d, s, CMD_NACK, f->qsn, f->fsn, payload, sizeof payload);
+    if (sent != FEP_OK) {
+        sess_end(d, s, sent);           /* a NACK is never dropped silently */
         return;
     }
     d->stats.nacks_sent[code]++;
@@ -166,6 +168,7 @@ static void next_request(fepd *d, session *s)
     uint8_t payload[LP_REQ_SIZE];
     uint8_t cmd;
     size_t len = 0;
+    fep_err sent;
 
     if (s->request >= strlen(s->poll) || d->stopping) {
         sess_end(d, s, s->failures ? FEP_ERR_NACKED : FEP_OK);
@@ -182,8 +185,9 @@ static void next_request(fepd *d, session *s)
     s->next_fsn = 0;
     s->have_acked = 0;
     s->crc_strikes = 0;
-    if (send_frame(d, s, cmd, s->qsn, 0, payload, len) != 0) {
-        sess_end(d, s, FEP_ERR_NOSPACE);
+    sent = send_frame(d, s, cmd, s->qsn, 0, payload, len);
+    if (sent != FEP_OK) {
+        sess_end(d, s, sent);
         return;
     }
     wait_frame(d, s);
@@ -473,14 +477,17 @@ void sess_process(fepd *d, session *s)
 /* A packet's rows are durable: count them, ACK, and go on. */
 static void rows_committed(fepd *d, session *s)
 {
+    fep_err sent;
+
     s->records += (uint32_t)s->pending_rows;
     d->stats.records_stored += (uint64_t)s->pending_rows;
     d->state.dcus[s->dcu].records += (uint64_t)s->pending_rows;
     s->have_acked = 1;
     s->acked_fsn = s->pending_fsn;
     s->next_fsn = (uint16_t)(s->pending_fsn + 1);
-    if (send_frame(d, s, CMD_ACK, s->qsn, s->pending_fsn, NULL, 0) != 0) {
-        sess_end(d, s, FEP_ERR_NOSPACE);
+    sent = send_frame(d, s, CMD_ACK, s->qsn, s->pending_fsn, NULL, 0);
+    if (sent != FEP_OK) {
+        sess_end(d, s, sent);
         return;
     }
     if (!s->pending_last) {
@@ -498,6 +505,7 @@ static void rows_committed(fepd *d, session *s)
 void sess_committed(fepd *d, session *s, int ok)
 {
     enum sess_pending what = s->pending;
+    fep_err sent;
     frame f;
 
     s->state = SLOT_ACTIVE;
@@ -518,8 +526,9 @@ void sess_committed(fepd *d, session *s, int ok)
         rows_committed(d, s);
         break;
     case PENDING_DUPLICATE:
-        if (send_frame(d, s, CMD_ACK, s->qsn, s->acked_fsn, NULL, 0) != 0)
-            sess_end(d, s, FEP_ERR_NOSPACE);
+        sent = send_frame(d, s, CMD_ACK, s->qsn, s->acked_fsn, NULL, 0);
+        if (sent != FEP_OK)
+            sess_end(d, s, sent);
         else
             wait_frame(d, s);
         break;

@@ -1075,7 +1075,7 @@ static void test_names(void)
         FEP_ERR_REPLAY, FEP_ERR_UNKNOWN, FEP_ERR_COMMAND, FEP_ERR_SEQUENCE,
         FEP_ERR_STORE, FEP_ERR_BUSY, FEP_ERR_GARBAGE, FEP_ERR_TIMEOUT,
         FEP_ERR_IO, FEP_ERR_CLOSED, FEP_ERR_NACKED, FEP_ERR_NOSPACE,
-        FEP_ERR_CONNECT, FEP_ERR_SHUTDOWN
+        FEP_ERR_CONNECT, FEP_ERR_SHUTDOWN, FEP_ERR_NO_IC
     };
     static const char *const nack[] = { "other", "crc", "header", "length",
                                         "security", "replay", "unknown",

@@ -369,6 +369,47 @@ static void test_trust_key_returns(void)
     trust_end(&t);
 }
 
+/* A key with one IC left: fepd protects one more frame with 0xFFFFFFFE,
+ * then sends nothing under the key, and says why: the key is used up. */
+static void test_trust_ic_used_up(void)
+{
+    static char text[1024];
+    char *tx, *end;
+    struct trust t;
+    uint32_t ic = 0;
+    gcm_key key;
+    long n;
+
+    if (trust_init(&t, "icusedup") != 0)
+        return;
+    key_init(&key, KEY_A);
+    trust_conf(&t, "dcu DCU00001 - key=" KEY_A "\n");
+    if (trust_start(&t, 0) == 0)
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    /* "tx KCV N": N is where the next start's reservation begins. */
+    n = test_read_file(t.snapshot, text, sizeof text);
+    tx = n > 0 ? strstr(text, "\ntx ") : NULL;
+    CHECK(tx != NULL);
+    if (!tx || !(tx = strchr(tx + 4, ' ')) || !(end = strchr(tx, '\n'))) {
+        trust_end(&t);
+        return;
+    }
+    memmove(tx + 11, end, strlen(end) + 1);
+    memcpy(tx, " 4294967294", 11);
+    CHECK(test_write_file(t.snapshot, text) == 0);
+    if (trust_start(&t, 0) == 0) {
+        CHECK_EQ(push_once(&t, &key, 1, 1, &ic), CMD_ACK);
+        CHECK_EQ(ic, 0xFFFFFFFEu);
+        CHECK(push_once(&t, &key, 2, 2, NULL) < 0);     /* closed, no answer */
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    CHECK(test_log_count(t.log, "has been used: the key must be changed") > 0);
+    CHECK_EQ(test_log_count(t.log, "error: no invocation counter left to "
+                            "protect a frame"), 1);
+    CHECK_EQ(test_log_count(t.log, "buffer too small"), 0);
+    trust_end(&t);
+}
+
 /* ------------------------------------------------------------------------
  * Inputs that are not what they seem
  * ---------------------------------------------------------------------- */
@@ -755,6 +796,7 @@ void test_trust_suite(void)
     test_run("trust_state_lost", test_trust_state_lost);
     test_run("trust_state_restored", test_trust_state_restored);
     test_run("trust_key_returns", test_trust_key_returns);
+    test_run("trust_ic_used_up", test_trust_ic_used_up);
     test_run("trust_state_not_a_file", test_trust_state_not_a_file);
     test_run("trust_config_inputs", test_trust_config_inputs);
     test_run("trust_verbose_bad_length", test_trust_verbose_bad_length);
