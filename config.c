@@ -1283,26 +1283,32 @@ const char *config_directive_name(unsigned i)
     return i == DIRECTIVES ? "dcu" : NULL;
 }
 
-int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
+unsigned config_sid_rank(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
 {
     unsigned lo = 0, hi = cfg->n_live;
 
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
-        unsigned k = cfg->by_sid[mid];
         uint8_t own[FRAME_ID_SIZE];
-        int c;
 
-        frame_id_set(own, cfg->dcus[k].id);   /* the SID as the wire has it */
-        c = memcmp(own, sid, FRAME_ID_SIZE);
-        if (c == 0)
-            return (int)k;
-        if (c < 0)
+        frame_id_set(own, cfg->dcus[cfg->by_sid[mid]].id);  /* as on the wire */
+        if (memcmp(own, sid, FRAME_ID_SIZE) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return -1;
+    return lo;
+}
+
+int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE])
+{
+    unsigned rank = config_sid_rank(cfg, sid);
+    uint8_t own[FRAME_ID_SIZE];
+
+    if (rank >= cfg->n_live)
+        return -1;
+    frame_id_set(own, cfg->dcus[cfg->by_sid[rank]].id);
+    return memcmp(own, sid, FRAME_ID_SIZE) == 0 ? (int)cfg->by_sid[rank] : -1;
 }
 
 /* The arrays are zeroed with the count, so that a second call, or one after

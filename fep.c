@@ -1009,6 +1009,32 @@ static void reload_add(fepd *d, int live, int staged, void *arg)
                                                      sys_now_ms());
 }
 
+/* A scrape under way keeps its place while the DCU table changes. */
+static unsigned scrapes_hold(const fepd *d, unsigned slot[METRICS_SLOTS],
+                             metrics_place place[METRICS_SLOTS])
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < d->n_slots && n < METRICS_SLOTS; i++) {
+        const session *s = &d->slots[i];
+
+        if (s->kind == KIND_METRICS && s->state != SLOT_FREE) {
+            metrics_place_hold(d, s->metrics_cursor, &place[n]);
+            slot[n++] = i;
+        }
+    }
+    return n;
+}
+
+static void scrapes_resume(fepd *d, const unsigned slot[METRICS_SLOTS],
+                           const metrics_place place[METRICS_SLOTS], unsigned n)
+{
+    unsigned k;
+
+    for (k = 0; k < n; k++)
+        d->slots[slot[k]].metrics_cursor = metrics_place_find(d, &place[k]);
+}
+
 /* 0 and the counts, or -1 with err when the tables cannot take it. */
 static int reload_apply(fepd *d, struct reload_count *n, char *err,
                         size_t errlen)
@@ -1016,6 +1042,8 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
     unsigned scan = 0, i, free_entries = dcu_table_cap(d) > d->cfg.n_dcus
                                              ? dcu_table_cap(d) - d->cfg.n_dcus
                                              : 0;
+    unsigned scrape_slot[METRICS_SLOTS], scrapes;
+    metrics_place scrape_place[METRICS_SLOTS];
 
     memset(n, 0, sizeof *n);
     dcus_merge(d, reload_count, n);
@@ -1031,10 +1059,12 @@ static int reload_apply(fepd *d, struct reload_count *n, char *err,
     }
     if (state_need_fits(&d->state, &n->need, err, errlen) != 0)
         return -1;
+    scrapes = scrapes_hold(d, scrape_slot, scrape_place);
     dcus_merge(d, reload_change, NULL);
     config_index(&d->cfg);
     dcus_merge(d, reload_add, &scan);
     config_index(&d->cfg);
+    scrapes_resume(d, scrape_slot, scrape_place, scrapes);
     if (d->staged.n_other > 0)
         memcpy(d->cfg.other_sids, d->staged.other_sids,
                (size_t)d->staged.n_other * FRAME_ID_SIZE);

@@ -691,6 +691,9 @@ int config_shard_expand(const char *pattern, unsigned shard, char *out,
                         size_t cap);
 /* Index of the DCU whose SID is sid, or -1. */
 int config_find_dcu(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
+/* How many live DCUs sort before sid: its place in by_sid, or where it
+ * would go. */
+unsigned config_sid_rank(const fep_config *cfg, const uint8_t sid[FRAME_ID_SIZE]);
 void config_release(fep_config *cfg);
 
 /* ---- store.c: the CSV files of DESIGN.md section 4, with group commit ---- */
@@ -1086,6 +1089,17 @@ void sess_result(fepd *d, int dcu, enum slot_kind kind, fep_err result);
  * as fit in out[0..cap); advances *cursor; returns the bytes written, 0 when
  * the exposition is complete. */
 size_t metrics_render(const fepd *d, uint32_t *cursor, char *out, size_t cap);
+/* A scrape's place held across a reload, which adds and removes DCUs: at a
+ * per-DCU line it is the SID of the DCU that line is for, found again by
+ * rank in the new table, so that no DCU is written twice or skipped because
+ * others came or went before it. */
+typedef struct metrics_place {
+    uint32_t cursor;                    /* unchanged when not at a DCU's line */
+    enum { PLACE_LINE, PLACE_DCU, PLACE_DCUS_DONE } at;
+    uint8_t sid[FRAME_ID_SIZE];         /* PLACE_DCU: the next DCU to write */
+} metrics_place;
+void metrics_place_hold(const fepd *d, uint32_t cursor, metrics_place *p);
+uint32_t metrics_place_find(const fepd *d, const metrics_place *p);
 /* Parses an HTTP request held in p[0..n): 0 need more, else the HTTP status
  * to answer (200 for GET /metrics, 404 other path, 405 other method, 400). */
 int metrics_parse_request(const uint8_t *p, size_t n);

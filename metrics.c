@@ -58,7 +58,8 @@ enum metric {
     M_BUILD_INFO,
     M_SEGMENTS_READY,
     /* Last: the only family whose length a reload can change while a
-     * response is being written, so that only its lines can shift. */
+     * response is being written; metrics_place keeps a scrape's place in
+     * it across the reload. */
     M_DCU_LAST_SUCCESS,
     METRIC_FAMILIES
 };
@@ -277,6 +278,50 @@ static size_t line_format(const fepd *d, uint32_t n, char *line, size_t cap)
     }
     assert(len > 0 && (size_t)len < cap);
     return (size_t)len;
+}
+
+/* The first line (HELP) of the per-DCU family: the families before it
+ * have fixed lengths. */
+static uint32_t dcu_family_start(const fepd *d)
+{
+    uint32_t n = 0;
+    int k;
+
+    for (k = 0; k < M_DCU_LAST_SUCCESS; k++)
+        n += 2 + family_samples(d, (enum metric)k);
+    return n;
+}
+
+void metrics_place_hold(const fepd *d, uint32_t cursor, metrics_place *p)
+{
+    uint32_t first = dcu_family_start(d) + 2;   /* after HELP and TYPE */
+
+    memset(p, 0, sizeof *p);
+    p->cursor = cursor;
+    p->at = PLACE_LINE;
+    if (cursor < first)
+        return;
+    if (cursor - first >= d->cfg.n_live) {
+        p->at = PLACE_DCUS_DONE;
+        return;
+    }
+    p->at = PLACE_DCU;
+    frame_id_set(p->sid, d->cfg.dcus[dcu_of_sample(d, cursor - first)].id);
+}
+
+uint32_t metrics_place_find(const fepd *d, const metrics_place *p)
+{
+    uint32_t first = dcu_family_start(d) + 2;
+
+    switch (p->at) {
+    case PLACE_DCU:
+        return first + config_sid_rank(&d->cfg, p->sid);
+    case PLACE_DCUS_DONE:
+        return first + d->cfg.n_live;
+    case PLACE_LINE:
+        break;
+    }
+    return p->cursor;
 }
 
 size_t metrics_render(const fepd *d, uint32_t *cursor, char *out, size_t cap)

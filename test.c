@@ -349,6 +349,15 @@ int test_wait_port(int port, int timeout_ms)
     return -1;
 }
 
+long test_count_in(const char *text, const char *needle)
+{
+    long n = 0;
+
+    for (; (text = strstr(text, needle)) != NULL; text++)
+        n++;
+    return n;
+}
+
 long test_count_lines(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");

@@ -61,6 +61,8 @@ int test_write_file(const char *path, const char *text);
 int test_wait_port(int port, int timeout_ms);
 /* Lines in a file that contain needle. */
 long test_count_lines(const char *path, const char *needle);
+/* How many times needle occurs in text. */
+long test_count_in(const char *text, const char *needle);
 
 /* Logs and key=value lines (fepd's and dcusim's logs). */
 /* The last line of path that contains needle, into out; 0 or -1. */

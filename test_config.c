@@ -895,6 +895,59 @@ static void test_metrics_no_dcus(void)
     metrics_fixture_free(d);
 }
 
+/* A reload while a scrape stands at DCU00005's line: DCUs removed or added
+ * before it shift nothing, the removed DCU00005 itself is not written, and
+ * every DCU after it is written once, an added one included. */
+static void test_metrics_place_across_reload(void)
+{
+    static const unsigned after_reload[] = { 10, 0, 3, 4, 6, 7, 8, 9, 11 };
+    static const char *const rest[] = { "DCU00006", "DCU00007", "DCU00008",
+                                        "DCU00009", "E" };
+    fepd *d = metrics_fixture(12);
+    static char text[8192];
+    char want[64];
+    const char *at;
+    uint32_t cursor = 0, first;
+    metrics_place place;
+    size_t len, i;
+
+    if (!d) {
+        CHECK(0);
+        return;
+    }
+    d->cfg.n_live = 10;                 /* DCU00000..DCU00009 before */
+    while (metrics_render(d, &cursor, text, sizeof text - 1) > 0)
+        ;
+    first = cursor - 10;                /* the line of DCU00000 */
+    metrics_place_hold(d, 3, &place);   /* before the per-DCU family */
+    CHECK_EQ(metrics_place_find(d, &place), 3);
+    metrics_place_hold(d, cursor, &place);
+    CHECK_EQ(place.at, PLACE_DCUS_DONE);
+    metrics_place_hold(d, first + 5, &place);
+    CHECK_EQ(place.at, PLACE_DCU);
+
+    strcpy(d->cfg.dcus[10].id, "A");    /* the reload: A and E added, */
+    strcpy(d->cfg.dcus[11].id, "E");    /* DCU00001, 2 and 5 removed */
+    memcpy(d->cfg.by_sid, after_reload, sizeof after_reload);
+    d->cfg.n_live = 9;
+    cursor = metrics_place_find(d, &place);
+    len = metrics_render(d, &cursor, text, sizeof text - 1);
+    text[len] = '\0';
+    CHECK_EQ(metrics_render(d, &cursor, text + len, sizeof text - 1 - len), 0);
+    at = text;
+    for (i = 0; i < sizeof rest / sizeof rest[0]; i++) {
+        snprintf(want, sizeof want, "{dcu=\"%s\"}", rest[i]);
+        at = at ? strstr(at, want) : NULL;
+        CHECK(at != NULL);              /* each once, in SID order */
+    }
+    CHECK_EQ(test_count_in(text, "{dcu=\""), 5);
+    place.at = PLACE_DCUS_DONE;         /* a scrape past the last DCU stays done */
+    cursor = metrics_place_find(d, &place);
+    CHECK_EQ(cursor, first + 9);
+    CHECK_EQ(metrics_render(d, &cursor, text, sizeof text), 0);
+    metrics_fixture_free(d);
+}
+
 /* ------------------------------------------------------------------------
  * Metrics: the request
  * ---------------------------------------------------------------------- */
@@ -1029,6 +1082,7 @@ void test_config_suite(void)
     test_run("metrics_names", test_metrics_names);
     test_run("metrics_label_escaping", test_metrics_label_escaping);
     test_run("metrics_no_dcus", test_metrics_no_dcus);
+    test_run("metrics_place_across_reload", test_metrics_place_across_reload);
     test_run("metrics_request_prefixes", test_metrics_request_prefixes);
     test_run("metrics_request_statuses", test_metrics_request_statuses);
     test_run("metrics_request_oversize", test_metrics_request_oversize);

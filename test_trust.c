@@ -579,15 +579,6 @@ static long scrape(int port, int ms)
     return -1;
 }
 
-static long count_in(const char *text, const char *needle)
-{
-    long n = 0;
-
-    for (; (text = strstr(text, needle)) != NULL; text++)
-        n++;
-    return n;
-}
-
 /* 10,000 DCUs and no traffic: one scrape completes in well under a
  * second, though nothing else wakes the loop. */
 static void test_trust_metrics_streams(void)
@@ -613,7 +604,7 @@ static void test_trust_metrics_streams(void)
         n = scrape(t.metrics_port, 5000);
         CHECK(n > 500000);
         CHECK(sys_now_ms() - t0 < 2000);
-        CHECK_EQ(count_in(scrape_buf, "\nfep_dcu_last_success_timestamp_"
+        CHECK_EQ(test_count_in(scrape_buf, "\nfep_dcu_last_success_timestamp_"
                                       "seconds{dcu="), 10000);
         CHECK_EQ(trust_stop(&t, SIGTERM), 0);
     }
