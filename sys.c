@@ -1058,7 +1058,13 @@ int sys_dir_lock(const char *dir, int check_only, long *holder)
 /* ------------------------------------------------------------------------
  * Logging: one write(2) per line, so that lines from several processes that
  * share a log file do not interleave, and nothing is queued in memory.
+ *
+ * stderr may be a pipe that nobody drains.  A line that cannot go out at
+ * once is dropped and counted, never waited for, so that logging can never
+ * stop the loop; the next line that goes out is preceded by the count.
  * ---------------------------------------------------------------------- */
+
+static unsigned long log_dropped;       /* lines dropped since the last one out */
 
 void log_set_level(int level)
 {
@@ -1075,17 +1081,33 @@ void log_set_name(const char *name)
     log_name = name;
 }
 
-static void log_write(const char *line, size_t n)
+/* Whether a write to stderr would not block now (a regular file always). */
+static int stderr_writable(void)
 {
-    while (n > 0) {
+    struct timeval now = { 0, 0 };
+    fd_set w;
+
+    FD_ZERO(&w);
+    FD_SET(2, &w);
+    return select(3, NULL, &w, NULL, &now) == 1;
+}
+
+/* 0 when the whole line went out. */
+static int log_write(const char *line, size_t n)
+{
+    int saved = errno;                  /* callers log strerror(errno) after */
+
+    while (n > 0 && stderr_writable()) {
         ssize_t r = write(2, line, n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
-            return;             /* a log that cannot be written is dropped */
+            break;                      /* a log that cannot be written is dropped */
         line += r;
         n -= (size_t)r;
     }
+    errno = saved;
+    return n > 0 ? -1 : 0;
 }
 
 /* Whether stderr is the journal: $JOURNAL_STREAM is "DEV:INO" of the stream
@@ -1154,7 +1176,15 @@ void log_msg(int level, const char *fmt, ...)
     if (n >= sizeof line - 1)
         n = sizeof line - 2;
     line[n++] = '\n';
-    log_write(line, n);
+    if (log_dropped > 0 && stderr_writable()) {
+        unsigned long dropped = log_dropped;
+
+        log_dropped = 0;                /* the line below is not counted again */
+        log_msg(LOG_WARN, "%lu log lines dropped: stderr was not writable",
+                dropped);
+    }
+    if (log_write(line, n) != 0)
+        log_dropped++;
 }
 
 void log_hex(const char *what, const uint8_t *p, size_t n)

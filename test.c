@@ -164,6 +164,20 @@ static void exec_maybe_under_valgrind(const char *const argv[])
     execvp("valgrind", (char *const *)full);
 }
 
+/* In the child: out_fd becomes stdout and stderr, then argv runs. */
+static void child_exec(const char *const argv[], int out_fd)
+{
+    if (out_fd >= 0) {
+        dup2(out_fd, 1);
+        dup2(out_fd, 2);
+        if (out_fd > 2)
+            close(out_fd);
+    }
+    exec_maybe_under_valgrind(argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
 pid_t test_spawn(const char *const argv[], const char *log_path)
 {
     pid_t pid;
@@ -171,22 +185,22 @@ pid_t test_spawn(const char *const argv[], const char *log_path)
     fflush(stdout);
     fflush(stderr);
     pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(log_path ? log_path : "/dev/null",
-                      O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            if (fd > 2)
-                close(fd);
-        }
-        exec_maybe_under_valgrind(argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    return pid;
+    if (pid == 0)
+        child_exec(argv, open(log_path ? log_path : "/dev/null",
+                              O_WRONLY | O_CREAT | O_APPEND, 0644));
+    return pid < 0 ? -1 : pid;
+}
+
+pid_t test_spawn_to(const char *const argv[], int out_fd)
+{
+    pid_t pid;
+
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid == 0)
+        child_exec(argv, out_fd);
+    return pid < 0 ? -1 : pid;
 }
 
 void test_sleep_ms(int ms)

@@ -38,6 +38,8 @@ size_t test_unhex(const char *hex, uint8_t *out, size_t cap);
  * FEP_TEST_VALGRIND in the environment, fepd and fepd_t run under valgrind
  * (exit 99 on any memory error or leak). */
 pid_t test_spawn(const char *const argv[], const char *log_path);
+/* The same with stdout and stderr on out_fd, which the child closes. */
+pid_t test_spawn_to(const char *const argv[], int out_fd);
 /* Waits up to timeout_ms.  Returns the exit status, 128 + signal when it was
  * killed by a signal, or -1 on timeout (the process is then killed with
  * SIGKILL and reaped). */

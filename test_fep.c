@@ -19,6 +19,7 @@
  * injection meant for fepd_t must not reach the harness.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2660,6 +2661,72 @@ static void test_fep_reload_under_load(void)
     world_end(&w);
 }
 
+/* ========================================================================
+ * stderr that nobody drains
+ * ====================================================================== */
+
+/* Reads what the pipe holds now; its length, added to *text (NUL-ended). */
+static size_t pipe_drain(int fd, char *text, size_t cap, size_t *len)
+{
+    size_t got = 0;
+    char buf[4096];
+    ssize_t r;
+
+    while ((r = read(fd, buf, sizeof buf)) > 0) {
+        size_t keep = (size_t)r < cap - 1 - *len ? (size_t)r : cap - 1 - *len;
+        memcpy(text + *len, buf, keep);
+        *len += keep;
+        got += (size_t)r;
+    }
+    text[*len] = '\0';
+    return got;
+}
+
+/* A log collector that hangs: fepd's stderr is a pipe that nobody reads,
+ * and -v -v dumps every frame, far more than a pipe holds.  The polls of
+ * 20 keyed DCUs still complete with every record stored; once the pipe is
+ * drained, the next line goes out after the count of those dropped. */
+static void test_fep_stderr_not_drained(void)
+{
+    const char *args[] = { "--dcus", "20", "--records", "96", "--key",
+                           KEY_HEX, NULL };
+    static char text[1 << 17];
+    int64_t deadline;
+    struct world w;
+    size_t len = 0;
+    int fds[2] = { -1, -1 };
+
+    world_init(&w, "stderr");
+    if (sim_start(&w, 0, args) == 0 && pipe(fds) == 0 &&
+        fcntl(fds[0], F_SETFL, O_NONBLOCK) == 0) {
+        const char *argv[] = { FEPD_T, "-c", w.conf, "-v", "-v", NULL };
+
+        conf_begin(&w, "poll_every 3600\n");
+        conf_dcus(&w, 1, 20, w.sim_addr, 1, "k");
+        w.fep = test_spawn_to(argv, fds[1]);
+        CHECK(w.fep > 0);
+        close(fds[1]);
+        CHECK_EQ(wait_rows(w.lp, 20 * 96), 0);
+        CHECK(pipe_drain(fds[0], text, sizeof text, &len) >= 16384);
+        CHECK_EQ(test_count_in(text, "log lines dropped"), 0);
+        kill(w.fep, SIGHUP);            /* something to log */
+        deadline = sys_now_ms() + SETTLE_MS;
+        while (!strstr(text, "reload: ") && sys_now_ms() < deadline) {
+            test_sleep_ms(10);
+            pipe_drain(fds[0], text, sizeof text, &len);
+        }
+        CHECK(strstr(text, " log lines dropped: stderr was not writable\n") !=
+              NULL);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        CHECK_EQ(sim_stop(&w), 0);
+        CHECK_EQ(check_run_stored(&w), 20 * 96);
+    }
+    if (fds[0] >= 0)
+        close(fds[0]);
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
 void test_fep_suite(void)
 {
     test_run("fep_poll_plaintext", test_fep_poll_plaintext);
@@ -2718,4 +2785,5 @@ void test_fep_suite(void)
     test_run("fep_rotate_full_disk", test_fep_rotate_full_disk);
     test_run("fep_rotate_postgres", test_fep_rotate_postgres);
     test_run("fep_rotate_config", test_fep_rotate_config);
+    test_run("fep_stderr_not_drained", test_fep_stderr_not_drained);
 }
