@@ -676,6 +676,132 @@ int dcu_accept(int lfd)
     return fd;
 }
 
+/* ------------------------------------------------------------------------
+ * Records: lp.csv and dcusim's acked CSV as sorted sets
+ * ---------------------------------------------------------------------- */
+
+void test_recs_free(struct test_recs *r)
+{
+    free(r->v);
+    memset(r, 0, sizeof *r);
+}
+
+static void recs_add(struct test_recs *r, const struct test_rec *x)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 1024;
+        struct test_rec *v = realloc(r->v, cap * sizeof *v);
+        if (!v) {
+            CHECK(!"out of memory");
+            return;
+        }
+        r->v = v;
+        r->cap = cap;
+    }
+    r->v[r->n++] = *x;
+}
+
+/* One data line of `fields` comma-separated fields (lp.csv 9, acked 6). */
+static int rec_parse(const char *line, unsigned fields, struct test_rec *x)
+{
+    unsigned commas = 0;
+    const char *p;
+    int used = 0;
+
+    for (p = line; *p && *p != '\n'; p++)
+        commas += *p == ',';
+    if (*p != '\n' || commas + 1 != fields)
+        return -1;
+    if (sscanf(line, "%15[^,],%15[^,],%lu,%lu,%lu,%lu%n", x->dcu, x->meter,
+               &x->ts, &x->import_wh, &x->export_wh, &x->status, &used) != 6)
+        return -1;
+    return line[used] == (fields == 6 ? '\n' : ',') ? 0 : -1;
+}
+
+/* Adds the rows of a CSV file with `fields` columns; -1 when it cannot be
+ * read. */
+int test_recs_load(struct test_recs *r, const char *path, unsigned fields)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    long lineno = 0;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        struct test_rec x;
+        lineno++;
+        if (strncmp(line, "dcu_id,", 7) == 0) {
+            if (lineno == 1)
+                r->headers++;
+            else
+                r->misplaced_headers++;
+        } else if (rec_parse(line, fields, &x) == 0) {
+            recs_add(r, &x);
+        } else {
+            r->bad++;
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+/* (dcu_id, meter_id, ts) identifies a reading. */
+static int rec_key_cmp(const void *a, const void *b)
+{
+    const struct test_rec *x = a, *y = b;
+    int c = strcmp(x->dcu, y->dcu);
+
+    if (c == 0)
+        c = strcmp(x->meter, y->meter);
+    if (c == 0)
+        c = (x->ts > y->ts) - (x->ts < y->ts);
+    return c;
+}
+
+void test_recs_sort(struct test_recs *r)
+{
+    if (r->n > 0)
+        qsort(r->v, r->n, sizeof *r->v, rec_key_cmp);
+}
+
+/* Readings present more than once (r sorted). */
+size_t test_recs_dups(const struct test_recs *r)
+{
+    size_t i, n = 0;
+
+    for (i = 1; i < r->n; i++)
+        n += rec_key_cmp(&r->v[i - 1], &r->v[i]) == 0;
+    return n;
+}
+
+/* Records of want that have (sorted) lacks, or holds with other values. */
+size_t test_recs_missing(const struct test_recs *have,
+                         const struct test_recs *want)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < want->n; i++) {
+        const struct test_rec *w = &want->v[i];
+        const struct test_rec *h = have->n ? bsearch(w, have->v, have->n,
+                                                sizeof *w, rec_key_cmp) : NULL;
+        n += !h || h->import_wh != w->import_wh ||
+             h->export_wh != w->export_wh || h->status != w->status;
+    }
+    return n;
+}
+
+size_t test_recs_of_dcu(const struct test_recs *r, unsigned dcu)
+{
+    char id[16];
+    size_t i, n = 0;
+
+    snprintf(id, sizeof id, "DCU%05u", dcu);
+    for (i = 0; i < r->n; i++)
+        n += strcmp(r->v[i].dcu, id) == 0;
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)

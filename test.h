@@ -91,6 +91,34 @@ void test_unit_check_ledger(void);
  * two paths (rename(test_path(d, a), test_path(d, b))). */
 const char *test_path(const char *dir, const char *name);
 
+/* Records: the LP rows of lp.csv (9 fields) or of dcusim's acked CSV (6),
+ * as sets keyed by (dcu_id, meter_id, ts).  test_recs_load adds a file's
+ * rows (-1 when it cannot be read), counting headers and bad lines; the
+ * queries want sorted sets. */
+struct test_rec {
+    char dcu[16];
+    char meter[16];
+    unsigned long ts, import_wh, export_wh, status;
+};
+
+struct test_recs {
+    struct test_rec *v;
+    size_t n, cap;
+    long headers;                       /* header lines, first line of a file */
+    long misplaced_headers;             /* header lines anywhere else */
+    long bad;                           /* torn or malformed lines */
+};
+void test_recs_free(struct test_recs *r);
+int test_recs_load(struct test_recs *r, const char *path, unsigned fields);
+void test_recs_sort(struct test_recs *r);
+/* Readings present more than once. */
+size_t test_recs_dups(const struct test_recs *r);
+/* Records of want that have lacks, or holds with other values. */
+size_t test_recs_missing(const struct test_recs *have,
+                         const struct test_recs *want);
+/* The rows of DCU DCU%05u. */
+size_t test_recs_of_dcu(const struct test_recs *r, unsigned dcu);
+
 /* Raw peers, frame by frame, with blocking sockets bounded by RAW_MS. */
 #define RAW_MS 3000                     /* a raw socket's read or write */
 #define NACK(code) (0x100 + (code))     /* raw_answer's value for a NACK */

@@ -348,92 +348,6 @@ static int fep_start(struct run *r, const char *conf, const char *fault,
  * What a run leaves behind
  * ---------------------------------------------------------------------- */
 
-struct rec {
-    char dcu[16];
-    char meter[16];
-    unsigned long ts, import_wh, export_wh, status;
-};
-
-struct recs {
-    struct rec *v;
-    size_t n, cap;
-};
-
-static void recs_free(struct recs *r)
-{
-    free(r->v);
-    memset(r, 0, sizeof *r);
-}
-
-static int recs_add(struct recs *r, const struct rec *x)
-{
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 1024;
-        struct rec *v = realloc(r->v, cap * sizeof *v);
-
-        if (!v)
-            return -1;
-        r->v = v;
-        r->cap = cap;
-    }
-    r->v[r->n++] = *x;
-    return 0;
-}
-
-/* Adds the data rows of an LP file (lp.csv, or dcusim's acked CSV); the
- * rows are checked whole by csv_whole, so a row that does not parse here
- * is skipped.  A missing file adds nothing. */
-static void recs_load(struct recs *r, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char line[LINE_T];
-
-    if (!f)
-        return;
-    while (fgets(line, sizeof line, f)) {
-        struct rec x;
-
-        if (strncmp(line, "dcu_id,", 7) == 0)
-            continue;
-        if (sscanf(line, "%15[^,],%15[^,],%lu,%lu,%lu,%lu", x.dcu, x.meter,
-                   &x.ts, &x.import_wh, &x.export_wh, &x.status) == 6 &&
-            recs_add(r, &x) != 0)
-            break;
-    }
-    fclose(f);
-}
-
-/* (dcu_id, meter_id, ts) identifies a reading. */
-static int rec_cmp(const void *a, const void *b)
-{
-    const struct rec *x = a, *y = b;
-    int c = strcmp(x->dcu, y->dcu);
-
-    if (c == 0)
-        c = strcmp(x->meter, y->meter);
-    if (c == 0)
-        c = (x->ts > y->ts) - (x->ts < y->ts);
-    return c;
-}
-
-/* Records of want that have lacks, or holds with other values. */
-static size_t recs_missing(struct recs *have, const struct recs *want)
-{
-    size_t i, n = 0;
-
-    if (have->n > 0)
-        qsort(have->v, have->n, sizeof *have->v, rec_cmp);
-    for (i = 0; i < want->n; i++) {
-        const struct rec *w = &want->v[i];
-        const struct rec *h = have->n ? bsearch(w, have->v, have->n,
-                                                sizeof *w, rec_cmp) : NULL;
-
-        n += !h || h->import_wh != w->import_wh ||
-             h->export_wh != w->export_wh || h->status != w->status;
-    }
-    return n;
-}
-
 /* Every line of a CSV file in data_dir is a whole row: `fields` fields,
  * ending in LF, the header once and first.  Returns the data rows, or -1
  * when some line is not whole.  (fepd's ids here hold no comma or quote,
@@ -480,18 +394,19 @@ static void check_csv_files(struct run *r)
  * Returns the number of acknowledged records. */
 static size_t check_acked_stored(struct run *r)
 {
-    struct recs stored, acked;
+    struct test_recs stored, acked;
     size_t n;
 
     memset(&stored, 0, sizeof stored);
     memset(&acked, 0, sizeof acked);
-    recs_load(&stored, r->lp);
-    recs_load(&acked, r->poll_acked);
-    recs_load(&acked, r->push_acked);
-    RCHECK_EQ(r, recs_missing(&stored, &acked), 0);
+    test_recs_load(&stored, r->lp, 9);  /* a missing file adds nothing */
+    test_recs_load(&acked, r->poll_acked, 6);
+    test_recs_load(&acked, r->push_acked, 6);
+    test_recs_sort(&stored);
+    RCHECK_EQ(r, test_recs_missing(&stored, &acked), 0);
     n = acked.n;
-    recs_free(&stored);
-    recs_free(&acked);
+    test_recs_free(&stored);
+    test_recs_free(&acked);
     return n;
 }
 

@@ -392,163 +392,28 @@ static long once_any_failure(const struct world *w, unsigned dcu)
  * Records: lp.csv and dcusim's acked CSV as sorted sets
  * ---------------------------------------------------------------------- */
 
-struct rec {
-    char dcu[16];
-    char meter[16];
-    unsigned long ts, import_wh, export_wh, status;
-};
-
-struct recs {
-    struct rec *v;
-    size_t n, cap;
-    long headers;                       /* header lines, first line of a file */
-    long misplaced_headers;             /* header lines anywhere else */
-    long bad;                           /* torn or malformed lines */
-};
-
-static void recs_free(struct recs *r)
-{
-    free(r->v);
-    memset(r, 0, sizeof *r);
-}
-
-static void recs_add(struct recs *r, const struct rec *x)
-{
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 1024;
-        struct rec *v = realloc(r->v, cap * sizeof *v);
-        if (!v) {
-            CHECK(!"out of memory");
-            return;
-        }
-        r->v = v;
-        r->cap = cap;
-    }
-    r->v[r->n++] = *x;
-}
-
-/* One data line of `fields` comma-separated fields (lp.csv 9, acked 6). */
-static int rec_parse(const char *line, unsigned fields, struct rec *x)
-{
-    unsigned commas = 0;
-    const char *p;
-    int used = 0;
-
-    for (p = line; *p && *p != '\n'; p++)
-        commas += *p == ',';
-    if (*p != '\n' || commas + 1 != fields)
-        return -1;
-    if (sscanf(line, "%15[^,],%15[^,],%lu,%lu,%lu,%lu%n", x->dcu, x->meter,
-               &x->ts, &x->import_wh, &x->export_wh, &x->status, &used) != 6)
-        return -1;
-    return line[used] == (fields == 6 ? '\n' : ',') ? 0 : -1;
-}
-
-/* Adds the rows of a CSV file with `fields` columns; -1 when it cannot be
- * read. */
-static int recs_load(struct recs *r, const char *path, unsigned fields)
-{
-    FILE *f = fopen(path, "r");
-    char line[LINE_MAX_TEST];
-    long lineno = 0;
-
-    if (!f)
-        return -1;
-    while (fgets(line, sizeof line, f)) {
-        struct rec x;
-        lineno++;
-        if (strncmp(line, "dcu_id,", 7) == 0) {
-            if (lineno == 1)
-                r->headers++;
-            else
-                r->misplaced_headers++;
-        } else if (rec_parse(line, fields, &x) == 0) {
-            recs_add(r, &x);
-        } else {
-            r->bad++;
-        }
-    }
-    fclose(f);
-    return 0;
-}
-
-/* (dcu_id, meter_id, ts) identifies a reading. */
-static int rec_key_cmp(const void *a, const void *b)
-{
-    const struct rec *x = a, *y = b;
-    int c = strcmp(x->dcu, y->dcu);
-
-    if (c == 0)
-        c = strcmp(x->meter, y->meter);
-    if (c == 0)
-        c = (x->ts > y->ts) - (x->ts < y->ts);
-    return c;
-}
-
-static void recs_sort(struct recs *r)
-{
-    if (r->n > 0)
-        qsort(r->v, r->n, sizeof *r->v, rec_key_cmp);
-}
-
-/* Readings present more than once (r sorted). */
-static size_t recs_dups(const struct recs *r)
-{
-    size_t i, n = 0;
-
-    for (i = 1; i < r->n; i++)
-        n += rec_key_cmp(&r->v[i - 1], &r->v[i]) == 0;
-    return n;
-}
-
-/* Records of want that have (sorted) lacks, or holds with other values. */
-static size_t recs_missing(const struct recs *have, const struct recs *want)
-{
-    size_t i, n = 0;
-
-    for (i = 0; i < want->n; i++) {
-        const struct rec *w = &want->v[i];
-        const struct rec *h = have->n ? bsearch(w, have->v, have->n,
-                                                sizeof *w, rec_key_cmp) : NULL;
-        n += !h || h->import_wh != w->import_wh ||
-             h->export_wh != w->export_wh || h->status != w->status;
-    }
-    return n;
-}
-
-static size_t recs_of_dcu(const struct recs *r, unsigned dcu)
-{
-    char id[16];
-    size_t i, n = 0;
-
-    snprintf(id, sizeof id, "DCU%05u", dcu);
-    for (i = 0; i < r->n; i++)
-        n += strcmp(r->v[i].dcu, id) == 0;
-    return n;
-}
-
 /* Loads stored (lp.csv rows, 9 fields) and acked (dcusim's CSV), sorted. */
-static void recs_load_run(const struct world *w, struct recs *stored,
-                          struct recs *acked)
+static void recs_load_run(const struct world *w, struct test_recs *stored,
+                          struct test_recs *acked)
 {
     memset(stored, 0, sizeof *stored);
     memset(acked, 0, sizeof *acked);
-    CHECK(recs_load(stored, w->lp, 9) == 0);
-    CHECK(recs_load(acked, w->acked, 6) == 0);
-    recs_sort(stored);
-    recs_sort(acked);
+    CHECK(test_recs_load(stored, w->lp, 9) == 0);
+    CHECK(test_recs_load(acked, w->acked, 6) == 0);
+    test_recs_sort(stored);
+    test_recs_sort(acked);
 }
 
 /* Rule 6, exactly: every acked record stored once with its values, no torn
  * line, and nothing stored that was not acknowledged. */
-static void check_stored_exactly(const struct recs *stored,
-                                 const struct recs *acked)
+static void check_stored_exactly(const struct test_recs *stored,
+                                 const struct test_recs *acked)
 {
     CHECK_EQ(stored->bad, 0);
     CHECK_EQ(stored->misplaced_headers, 0);
-    CHECK_EQ(recs_dups(stored), 0);
-    CHECK_EQ(recs_missing(stored, acked), 0);
-    CHECK_EQ(recs_missing(acked, stored), 0);
+    CHECK_EQ(test_recs_dups(stored), 0);
+    CHECK_EQ(test_recs_missing(stored, acked), 0);
+    CHECK_EQ(test_recs_missing(acked, stored), 0);
     CHECK_EQ(stored->n, acked->n);
 }
 
@@ -556,15 +421,15 @@ static void check_stored_exactly(const struct recs *stored,
  * many records were acknowledged. */
 static size_t check_run_stored(const struct world *w)
 {
-    struct recs stored, acked;
+    struct test_recs stored, acked;
     size_t n;
 
     recs_load_run(w, &stored, &acked);
     check_stored_exactly(&stored, &acked);
     CHECK_EQ(stored.headers, 1);
     n = acked.n;
-    recs_free(&stored);
-    recs_free(&acked);
+    test_recs_free(&stored);
+    test_recs_free(&acked);
     return n;
 }
 
@@ -916,7 +781,7 @@ static int64_t fault_run(struct world *w, const struct fault_case *c)
                            fault, NULL, NULL, NULL, NULL, NULL };
     unsigned n = c->records ? c->records : FAULT_RECORDS, i, k = 6;
     const char *kind = c->push ? "session push " : "session poll ";
-    struct recs stored, acked;
+    struct test_recs stored, acked;
 
     snprintf(fault, sizeof fault, "%s@1", c->fault);
     snprintf(records, sizeof records, "%u", n);
@@ -946,15 +811,15 @@ static int64_t fault_run(struct world *w, const struct fault_case *c)
     recs_load_run(w, &stored, &acked);
     check_stored_exactly(&stored, &acked);
     if (c->partial)
-        CHECK(recs_of_dcu(&stored, 1) > 0 && recs_of_dcu(&stored, 1) < n);
+        CHECK(test_recs_of_dcu(&stored, 1) > 0 && test_recs_of_dcu(&stored, 1) < n);
     else
-        CHECK_EQ(recs_of_dcu(&stored, 1), c->rows);
+        CHECK_EQ(test_recs_of_dcu(&stored, 1), c->rows);
     for (i = 2; i <= FAULT_DCUS; i++) {
         CHECK_EQ(once_any_failure(w, i), 0);
-        CHECK_EQ(recs_of_dcu(&stored, i), n);
+        CHECK_EQ(test_recs_of_dcu(&stored, i), n);
     }
-    recs_free(&stored);
-    recs_free(&acked);
+    test_recs_free(&stored);
+    test_recs_free(&acked);
     return log_kv(w->fep_log, text, "duration_ms");
 }
 
@@ -1350,7 +1215,7 @@ static void test_fep_push_unknown(void)
     const char *args[] = { "--dcus", "4", "--records", "20", NULL };
     char directives[128];
     struct world w;
-    struct recs stored, acked;
+    struct test_recs stored, acked;
 
     world_init(&w, "unknown");
     snprintf(directives, sizeof directives, "listen %s\n", w.fep_addr);
@@ -1364,11 +1229,11 @@ static void test_fep_push_unknown(void)
         CHECK_EQ(sim_report(&w, "nacks_received"), 2);
         recs_load_run(&w, &stored, &acked);
         check_stored_exactly(&stored, &acked);
-        CHECK_EQ(recs_of_dcu(&stored, 1), 20);
-        CHECK_EQ(recs_of_dcu(&stored, 2), 20);
+        CHECK_EQ(test_recs_of_dcu(&stored, 1), 20);
+        CHECK_EQ(test_recs_of_dcu(&stored, 2), 20);
         CHECK_EQ(stored.n, 40);
-        recs_free(&stored);
-        recs_free(&acked);
+        test_recs_free(&stored);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -1382,7 +1247,7 @@ static void test_fep_push_busy(void)
                            "dribble:2", NULL };
     char directives[128];
     struct world w;
-    struct recs stored, acked;
+    struct test_recs stored, acked;
 
     world_init(&w, "busy");
     snprintf(directives, sizeof directives,
@@ -1401,8 +1266,8 @@ static void test_fep_push_busy(void)
         CHECK(stored.n > 0);
         CHECK_EQ(stored.n % 20, 0);
         CHECK_EQ(stored.n / 20 + (size_t)sim_report(&w, "nack_busy"), 4);
-        recs_free(&stored);
-        recs_free(&acked);
+        test_recs_free(&stored);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -1540,7 +1405,7 @@ static void test_fep_restart_kill9(void)
     const char *args[] = { "--dcus", "5", "--records", "96", "--key", KEY_HEX,
                            NULL };
     struct world w;
-    struct recs stored, acked;
+    struct test_recs stored, acked;
     long rows;
 
     world_init(&w, "restart");
@@ -1564,12 +1429,12 @@ static void test_fep_restart_kill9(void)
         recs_load_run(&w, &stored, &acked);
         /* At-least-once: a row stored before the crash may come again. */
         CHECK(acked.n >= 2000);
-        CHECK_EQ(recs_missing(&stored, &acked), 0);
+        CHECK_EQ(test_recs_missing(&stored, &acked), 0);
         CHECK_EQ(stored.bad, 0);
         CHECK_EQ(stored.misplaced_headers, 0);
         CHECK_EQ(stored.headers, 1);
-        recs_free(&stored);
-        recs_free(&acked);
+        test_recs_free(&stored);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -1599,18 +1464,18 @@ static int lp_replace_by_dir(const struct world *w)
 }
 
 /* lp.csv and every lp.csv.old.N, one set. */
-static void load_lp_files(const struct world *w, int moved, struct recs *stored)
+static void load_lp_files(const struct world *w, int moved, struct test_recs *stored)
 {
     char old[PATH_MAX_TEST + 16];
     int i;
 
     memset(stored, 0, sizeof *stored);
-    CHECK(recs_load(stored, w->lp, 9) == 0);
+    CHECK(test_recs_load(stored, w->lp, 9) == 0);
     for (i = 0; i < moved; i++) {
         snprintf(old, sizeof old, "%s.old.%d", w->lp, i);
-        CHECK(recs_load(stored, old, 9) == 0);
+        CHECK(test_recs_load(stored, old, 9) == 0);
     }
-    recs_sort(stored);
+    test_recs_sort(stored);
 }
 
 static void test_fep_store_dir_swap(void)
@@ -1618,7 +1483,7 @@ static void test_fep_store_dir_swap(void)
     const char *args[] = { "--dcus", "3", "--records", "10", NULL };
     char status[PATH_MAX_TEST + 32];
     struct world w;
-    struct recs stored, acked;
+    struct test_recs stored, acked;
     int moved = 0;
 
     world_init(&w, "storefail");
@@ -1652,14 +1517,14 @@ static void test_fep_store_dir_swap(void)
         CHECK(moved >= 1);
         load_lp_files(&w, moved, &stored);
         memset(&acked, 0, sizeof acked);
-        CHECK(recs_load(&acked, w.acked, 6) == 0);
-        recs_sort(&acked);
+        CHECK(test_recs_load(&acked, w.acked, 6) == 0);
+        test_recs_sort(&acked);
         CHECK(acked.n >= 40);
         check_stored_exactly(&stored, &acked);
         /* The new lp.csv starts with its header, like every moved file. */
         CHECK_EQ(stored.headers, moved + 1);
-        recs_free(&stored);
-        recs_free(&acked);
+        test_recs_free(&stored);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -1864,7 +1729,7 @@ static void test_fep_sighup_reopen(void)
     const char *args[] = { "--dcus", "2", "--records", "10", NULL };
     char rotated[PATH_MAX_TEST + 8];
     struct world w;
-    struct recs stored, acked, before;
+    struct test_recs stored, acked, before;
 
     world_init(&w, "sighup");
     snprintf(rotated, sizeof rotated, "%s.1", w.lp);
@@ -1884,18 +1749,18 @@ static void test_fep_sighup_reopen(void)
         recs_load_run(&w, &stored, &acked);
         CHECK_EQ(stored.headers, 1);
         memset(&before, 0, sizeof before);
-        CHECK(recs_load(&before, rotated, 9) == 0);
+        CHECK(test_recs_load(&before, rotated, 9) == 0);
         CHECK(before.n >= 20);
         CHECK_EQ(before.headers, 1);
-        recs_free(&stored);
+        test_recs_free(&stored);
         memset(&stored, 0, sizeof stored);
-        CHECK(recs_load(&stored, rotated, 9) == 0);
-        CHECK(recs_load(&stored, w.lp, 9) == 0);
-        recs_sort(&stored);
+        CHECK(test_recs_load(&stored, rotated, 9) == 0);
+        CHECK(test_recs_load(&stored, w.lp, 9) == 0);
+        test_recs_sort(&stored);
         check_stored_exactly(&stored, &acked);
-        recs_free(&before);
-        recs_free(&stored);
-        recs_free(&acked);
+        test_recs_free(&before);
+        test_recs_free(&stored);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -2041,7 +1906,7 @@ struct segments {
     long bad_files;                     /* no header first, a torn or extra line */
     long files_of[4];                   /* by kind */
     long rows_of[4];                    /* by kind */
-    struct recs lp;                     /* the lp rows, all segments */
+    struct test_recs lp;                     /* the lp rows, all segments */
 };
 
 /* The kind of a segment's name (index into segment_kinds), or -1 when the
@@ -2125,11 +1990,11 @@ static void segments_load(const struct world *w, struct segments *s)
         s->files_of[kind]++;
         s->rows_of[kind] += rows > 0 ? rows : 0;
         if (kind == 0)
-            CHECK(recs_load(&s->lp, path, 9) == 0);
+            CHECK(test_recs_load(&s->lp, path, 9) == 0);
     }
     if (d)
         closedir(d);
-    recs_sort(&s->lp);
+    test_recs_sort(&s->lp);
 }
 
 /* No segment left open in data_dir. */
@@ -2148,19 +2013,19 @@ static long segments_open(const struct world *w)
 
 /* Every check a finished run's ready/ must pass; acked is dcusim's CSV. */
 static void check_segments(const struct world *w, struct segments *s,
-                           struct recs *acked)
+                           struct test_recs *acked)
 {
     segments_load(w, s);
     memset(acked, 0, sizeof *acked);
-    CHECK(recs_load(acked, w->acked, 6) == 0);
-    recs_sort(acked);
+    CHECK(test_recs_load(acked, w->acked, 6) == 0);
+    test_recs_sort(acked);
     CHECK_EQ(segments_open(w), 0);
     CHECK_EQ(s->bad_names, 0);
     CHECK_EQ(s->bad_files, 0);
     CHECK_EQ(s->lp.bad, 0);
     CHECK_EQ(s->lp.misplaced_headers, 0);
     CHECK_EQ(s->lp.headers, s->files_of[0]);
-    CHECK_EQ(recs_missing(&s->lp, acked), 0);
+    CHECK_EQ(test_recs_missing(&s->lp, acked), 0);
 }
 
 /* dcusim pushes for about four seconds while fepd hands off a segment at
@@ -2174,7 +2039,7 @@ static void test_fep_rotate_push(void)
     static char text[METRICS_BUF];
     char directives[192];
     struct segments s;
-    struct recs acked;
+    struct test_recs acked;
     struct world w;
     long long ready_metric = -1;
 
@@ -2200,8 +2065,8 @@ static void test_fep_rotate_push(void)
         CHECK_EQ(s.rows_of[3], 16);
         CHECK(ready_metric >= 3 && ready_metric <= s.files);
         CHECK_EQ(test_log_count(w.fep_log, "segment ready: "), s.files);
-        recs_free(&s.lp);
-        recs_free(&acked);
+        test_recs_free(&s.lp);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -2215,7 +2080,7 @@ static void test_fep_rotate_kill9(void)
                            NULL };
     char open_lp[PATH_MAX_TEST + 16];
     struct segments s;
-    struct recs acked;
+    struct test_recs acked;
     struct world w;
     long killed_rows;
 
@@ -2234,7 +2099,7 @@ static void test_fep_rotate_kill9(void)
             /* Handed off during start-up, not at a boundary an hour on. */
             segments_load(&w, &s);
             CHECK(s.files_of[0] >= 1 && s.rows_of[0] >= killed_rows);
-            recs_free(&s.lp);
+            test_recs_free(&s.lp);
             CHECK(wait_rows(open_lp, 1000) == 0);
             CHECK_EQ(fep_stop(&w, SIGTERM), 0);
             check_clean_exit(&w);
@@ -2243,8 +2108,8 @@ static void test_fep_rotate_kill9(void)
         check_segments(&w, &s, &acked);
         CHECK(acked.n >= 2000);
         CHECK(s.files_of[0] >= 2);
-        recs_free(&s.lp);
-        recs_free(&acked);
+        test_recs_free(&s.lp);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
@@ -2265,7 +2130,7 @@ static int wait_handed_off(const struct world *w)
 
         segments_load(w, &s);
         done = csv_rows(open_lp) == 0 && (long)s.lp.n >= acked;
-        recs_free(&s.lp);
+        test_recs_free(&s.lp);
         if (done)
             return 0;
         if (sys_now_ms() >= deadline)
@@ -2312,7 +2177,7 @@ static void test_fep_rotate_full_disk(void)
     for (n = 1; n <= 8 && !rename_failed; n++) {
         char fault[32], directives[128];
         struct segments s;
-        struct recs acked;
+        struct test_recs acked;
         struct world w;
         int started;
         long seq0, rename0;
@@ -2339,8 +2204,8 @@ static void test_fep_rotate_full_disk(void)
             check_stored_exactly(&s.lp, &acked);
             seq_failed += seq0 > 0;
             rename_failed += rename0 > 0;
-            recs_free(&s.lp);
-            recs_free(&acked);
+            test_recs_free(&s.lp);
+            test_recs_free(&acked);
         }
         fep_stop(&w, SIGKILL);
         world_end(&w);
@@ -2362,7 +2227,7 @@ static void test_fep_rotate_postgres(void)
     const char *sh[] = { "/bin/sh", "-c", script, NULL };
     static char text[4096];
     struct segments s;
-    struct recs acked;
+    struct test_recs acked;
     struct world w;
     long long lp = -1, st = -1, ms = -1, mc = -1;
     pid_t pid = test_spawn(probe, NULL);
@@ -2415,8 +2280,8 @@ static void test_fep_rotate_postgres(void)
         CHECK_EQ(st, 10);
         CHECK_EQ(ms, 10 * 2);
         CHECK_EQ(mc, 10 * 2);
-        recs_free(&s.lp);
-        recs_free(&acked);
+        test_recs_free(&s.lp);
+        test_recs_free(&acked);
     }
     fep_stop(&w, SIGKILL);
     world_end(&w);
