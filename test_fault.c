@@ -998,16 +998,104 @@ static void test_fault_crash_keyed(void)
 
 /* Rules 4 and 5 of a push, one connection each: the header checks (DIR,
  * DID, a SID that changes), SEC towards a DCU without a key, an ACK where
- * a response belongs, a QSN that changes; and a keyed push that works. */
+ * a response belongs, a QSN that changes; and a keyed push that works.
+ * DCU00021 and DCU00023 have no key, DCU00022 has one. */
+#define FEP "FEP00001"
+#define MORE_UP (CTL_DIR_DCU)
+#define LAST_UP (CTL_DIR_DCU | CTL_LAST)
+
+enum push_key { NO_KEY, KEY_21, KEY_22 };
+
+static const struct push_case {
+    const char *what;
+    unsigned steps;
+    struct push_step {
+        const char *sid, *did;
+        uint8_t ctl, cmd;
+        uint16_t qsn, fsn;
+        enum push_key sent_under;       /* the frame's protection */
+        enum push_key answer_under;     /* how fepd's answer comes */
+        int answer;                     /* raw_answer's value */
+    } step[2];
+    int closes;                         /* fepd closes the connection */
+} push_cases[] = {
+    { "DIR says FEP to DCU", 1,
+      { { "DCU00021", FEP, CTL_LAST, CMD_LP_RSP, 1, 0, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_HEADER) } }, 1 },
+    { "addressed to another FEP", 1,
+      { { "DCU00021", "FEP00002", LAST_UP, CMD_LP_RSP, 1, 0, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_HEADER) } }, 0 },
+    { "a second, known DCU on the connection", 2,
+      { { "DCU00021", FEP, MORE_UP, CMD_LP_RSP, 2, 0, NO_KEY, NO_KEY, CMD_ACK },
+        { "DCU00023", FEP, LAST_UP, CMD_LP_RSP, 2, 1, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_HEADER) } }, 0 },
+    { "a second, unknown DCU on the connection", 2,
+      { { "DCU00021", FEP, MORE_UP, CMD_LP_RSP, 3, 0, NO_KEY, NO_KEY, CMD_ACK },
+        { "NOSUCH", FEP, LAST_UP, CMD_LP_RSP, 3, 1, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_UNKNOWN) } }, 0 },
+    { "an unknown SID with a control byte (logged printably)", 1,
+      { { "\001BAD", FEP, LAST_UP, CMD_LP_RSP, 3, 0, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_UNKNOWN) } }, 0 },
+    { "protected, to a DCU fepd has no key for", 1,
+      { { "DCU00021", FEP, LAST_UP, CMD_LP_RSP, 4, 0, KEY_21, NO_KEY,
+          NACK(FEP_ERR_SECURITY) } }, 0 },
+    { "a request from a DCU: a command of the other direction", 1,
+      { { "DCU00021", FEP, LAST_UP, CMD_DCU_STATUS_REQ, 5, 0, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_HEADER) } }, 1 },
+    { "an ACK is no data", 1,
+      { { "DCU00023", FEP, LAST_UP, CMD_ACK, 5, 0, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_COMMAND) } }, 0 },
+    { "a QSN that changes mid-exchange", 2,
+      { { "DCU00023", FEP, MORE_UP, CMD_LP_RSP, 6, 0, NO_KEY, NO_KEY, CMD_ACK },
+        { "DCU00023", FEP, LAST_UP, CMD_LP_RSP, 7, 1, NO_KEY, NO_KEY,
+          NACK(FEP_ERR_SEQUENCE) } }, 0 },
+    { "a keyed DCU: its ACK comes protected, under its key", 1,
+      { { "DCU00022", FEP, LAST_UP, CMD_LP_RSP, 8, 0, KEY_22, KEY_22,
+          CMD_ACK } }, 1 },
+};
+
+/* One case on a new connection; 0 when fepd answered as it must. */
+static int push_case_run(int port, const struct push_case *c,
+                         const gcm_key *const keys[3])
+{
+    int fd = raw_connect(port), ok = fd >= 0;
+    unsigned i;
+
+    for (i = 0; ok && i < c->steps; i++) {
+        const struct push_step *p = &c->step[i];
+
+        ok = raw_send(fd, p->sid, p->did, p->ctl, p->cmd, p->qsn, p->fsn,
+                      keys[p->sent_under], 1) == 0 &&
+             raw_answer(fd, keys[p->answer_under], NULL) == p->answer;
+    }
+    if (ok && c->closes)
+        ok = raw_closed(fd, RAW_MS);
+    if (fd >= 0)
+        close(fd);
+    if (!ok)
+        printf("  push rule not kept: %s\n", c->what);
+    return ok ? 0 : -1;
+}
+
+static void key_of_dcu(unsigned dcu, gcm_key *key)
+{
+    char hex[2 * KEY_SIZE + 1];
+    uint8_t k[KEY_SIZE];
+
+    key_hex_of(dcu, hex);
+    test_unhex(hex, k, sizeof k);
+    gcm_init(key, k);
+}
+
 static void test_fault_push_rules(void)
 {
     char directives[128];
     gcm_key key21, key22;
-    uint8_t k[KEY_SIZE];
-    char hex[2 * KEY_SIZE + 1];
+    const gcm_key *const keys[3] = { NULL, &key21, &key22 };
     struct run r;
+    size_t i;
     FILE *f;
-    int fd, st = -1;
+    int st = -1;
 
     if (run_init(&r, "pushrules", "fault_push_rules") != 0)
         return;
@@ -1023,87 +1111,12 @@ static void test_fault_push_rules(void)
     conf_dcu(f, 22, NULL, 1, "k");
     conf_dcu(f, 23, NULL, 0, "k");
     fclose(f);
-    key_hex_of(21, hex);
-    test_unhex(hex, k, sizeof k);
-    gcm_init(&key21, k);
-    key_hex_of(22, hex);
-    test_unhex(hex, k, sizeof k);
-    gcm_init(&key22, k);
+    key_of_dcu(21, &key21);
+    key_of_dcu(22, &key22);
     if (fep_start(&r, r.conf, NULL, &st) == 1) {
-        const int port = port_of(r.fep_addr);
-        const uint8_t more = CTL_DIR_DCU, last = CTL_DIR_DCU | CTL_LAST;
-
-        /* DIR says FEP to DCU. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", CTL_LAST, CMD_LP_RSP,
-                            1, 0, NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_HEADER));
-        RCHECK(&r, raw_closed(fd, RAW_MS));
-        close(fd);
-        /* Addressed to another FEP. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00002", last, CMD_LP_RSP, 1, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_HEADER));
-        close(fd);
-        /* A second DCU on the same connection: known HEADER, else UNKNOWN. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", more, CMD_LP_RSP, 2, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), CMD_ACK);
-        RCHECK(&r, raw_send(fd, "DCU00023", "FEP00001", last, CMD_LP_RSP, 2, 1,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_HEADER));
-        close(fd);
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", more, CMD_LP_RSP, 3, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), CMD_ACK);
-        RCHECK(&r, raw_send(fd, "NOSUCH", "FEP00001", last, CMD_LP_RSP, 3, 1,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
-        close(fd);
-        /* An unknown SID with a control byte: NACK UNKNOWN, and the log
-         * names it printably. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "\001BAD", "FEP00001", last, CMD_LP_RSP, 3, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
-        close(fd);
-        /* Protected, to a DCU fepd has no key for. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", last, CMD_LP_RSP, 4, 0,
-                            &key21, 1) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_SECURITY));
-        close(fd);
-        /* A request from a DCU: a command of the other direction. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00021", "FEP00001", last,
-                            CMD_DCU_STATUS_REQ, 5, 0, NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_HEADER));
-        RCHECK(&r, raw_closed(fd, RAW_MS));
-        close(fd);
-        /* An ACK is no data; then a QSN that changes mid-exchange. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00023", "FEP00001", last, CMD_ACK, 5, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_COMMAND));
-        close(fd);
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00023", "FEP00001", more, CMD_LP_RSP, 6, 0,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), CMD_ACK);
-        RCHECK(&r, raw_send(fd, "DCU00023", "FEP00001", last, CMD_LP_RSP, 7, 1,
-                            NULL, 0) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, NULL, NULL), NACK(FEP_ERR_SEQUENCE));
-        close(fd);
-        /* A keyed DCU: its ACK comes protected, under its key. */
-        fd = raw_connect(port);
-        RCHECK(&r, raw_send(fd, "DCU00022", "FEP00001", last, CMD_LP_RSP, 8, 0,
-                            &key22, 1) == 0);
-        RCHECK_EQ(&r, raw_answer(fd, &key22, NULL), CMD_ACK);
-        RCHECK(&r, raw_closed(fd, RAW_MS));
-        close(fd);
+        for (i = 0; i < sizeof push_cases / sizeof push_cases[0]; i++)
+            RCHECK_EQ(&r, push_case_run(port_of(r.fep_addr), &push_cases[i],
+                                        keys), 0);
         kill(r.fep, SIGTERM);
         RCHECK_EQ(&r, test_wait(r.fep, STOP_MS), 0);
         r.fep = -1;
