@@ -2060,20 +2060,9 @@ static void signals_install(void)
 /* As many slots as select() and the descriptor limit allow. */
 static unsigned slots_available(void)
 {
-    struct rlimit rl;
-    rlim_t want = FD_SETSIZE;
+    unsigned long have = sys_fd_limit(FD_SETSIZE);
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 64;
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
-                          ? want : rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
-        want = rl.rlim_cur;
-    return want > SIM_FD_RESERVED + 1 ? (unsigned)(want - SIM_FD_RESERVED) : 1;
+    return have > SIM_FD_RESERVED + 1 ? (unsigned)(have - SIM_FD_RESERVED) : 1;
 }
 
 static void dcus_init(void)

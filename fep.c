@@ -40,6 +40,7 @@
     slot_open((d), (kind), (fd), (peer), (now), __FILE__ ":" STR(__LINE__))
 
 #define ACCEPTS_PER_PASS 64             /* fairness between new and open sessions */
+#define ACCEPT_PAUSE_MS 500             /* out of descriptors: listeners rest */
 #define LINGER_MS_MAX 1000              /* waiting for the peer's close */
 #define SELECT_WAIT_MS_MAX 250          /* how late a signal may be noticed */
 #define METRICS_PASS_BYTES (256 * 1024) /* a metrics response, per loop pass */
@@ -357,6 +358,22 @@ static void metrics_read(fepd *d, session *s)
  * Accepting and connecting
  * ---------------------------------------------------------------------- */
 
+/* Out of descriptors (or kernel memory), the connection stays queued and
+ * the listener readable: the listeners are left unwatched for a while
+ * rather than retried in a loop that would spin and flood the log. */
+static void accept_failed(fepd *d, int err, int64_t now)
+{
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+        return;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        d->accept_paused_until_ms = now + ACCEPT_PAUSE_MS;
+        log_msg(LOG_WARN, "accept: %s: no new connections for %d ms",
+                strerror(err), ACCEPT_PAUSE_MS);
+        return;
+    }
+    log_msg(LOG_WARN, "accept: %s", strerror(err));
+}
+
 static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
 {
     int i;
@@ -368,8 +385,7 @@ static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
         int fd = sys_accept(listen_fd, &peer);
 
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                log_msg(LOG_WARN, "accept: %s", strerror(errno));
+            accept_failed(d, errno, now);
             return;
         }
         if (metrics)
@@ -794,18 +810,22 @@ static void add_fd(int fd, fd_set *set, int *maxfd)
 }
 
 /* Fills the sets; returns the nearest deadline. */
-static int64_t build_sets(fepd *d, fd_set *rfds, fd_set *wfds, int *maxfd)
+static int64_t build_sets(fepd *d, fd_set *rfds, fd_set *wfds, int *maxfd,
+                          int64_t now)
 {
     int64_t nearest = d->next_due_ms;
+    int accepting = !d->stopping && now >= d->accept_paused_until_ms;
     unsigned i;
 
     FD_ZERO(rfds);
     FD_ZERO(wfds);
     *maxfd = -1;
-    if (!d->stopping && d->listen_fd >= 0)
+    if (accepting && d->listen_fd >= 0)
         add_fd(d->listen_fd, rfds, maxfd);
-    if (!d->stopping && d->metrics_fd >= 0)
+    if (accepting && d->metrics_fd >= 0)
         add_fd(d->metrics_fd, rfds, maxfd);
+    if (!accepting && !d->stopping && d->accept_paused_until_ms < nearest)
+        nearest = d->accept_paused_until_ms;
     for (i = 0; i < d->n_slots; i++) {
         const session *s = &d->slots[i];
         int64_t t;
@@ -1148,7 +1168,7 @@ static void run(fepd *d)
         if (d->stopping && d->slots_in_use == 0)
             return;
 
-        nearest = build_sets(d, &rfds, &wfds, &maxfd);
+        nearest = build_sets(d, &rfds, &wfds, &maxfd, now);
         if (d->state.dirty && d->stats_save_due_ms != 0 &&
             d->stats_save_due_ms < nearest)
             nearest = d->stats_save_due_ms;
@@ -1317,6 +1337,25 @@ static void dirs_unlock(fepd *d)
 }
 
 /* Everything allocated at start-up, in one function; 0, or an exit code. */
+/* A descriptor for every slot and FD_RESERVED for the rest (stdio, the
+ * listeners, the files, the locks), within select()'s FD_SETSIZE.  The soft
+ * limit is raised to that; when the hard limit does not allow it, start-up
+ * fails here, not at some later accept or connect.  0, or -1 logged. */
+static int fd_limit_check(const fepd *d)
+{
+    unsigned long slots = d->cfg.max_sessions + REJECT_SLOTS + METRICS_SLOTS;
+    unsigned long need = slots + FD_RESERVED < FD_SETSIZE ? slots + FD_RESERVED
+                                                          : FD_SETSIZE;
+    unsigned long have = sys_fd_limit(need);
+
+    if (have >= need)
+        return 0;
+    log_msg(LOG_ERROR, "max_sessions %u needs %lu descriptors and the limit "
+            "(RLIMIT_NOFILE) allows %lu: raise it (ulimit -n, LimitNOFILE=) "
+            "or lower max_sessions", d->cfg.max_sessions, need, have);
+    return -1;
+}
+
 static int start(fepd *d)
 {
     store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,
@@ -1331,7 +1370,7 @@ static int start(fepd *d)
      * store's files are marked closed before anything can fail. */
     d->listen_fd = d->metrics_fd = -1;
     store_init(&d->store);              /* its files closed, for finish() */
-    if (dirs_lock(d, 0) != 0)
+    if (fd_limit_check(d) != 0 || dirs_lock(d, 0) != 0)
         return 3;
     if (store_open(&d->store, &sc, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
@@ -1520,7 +1559,7 @@ static int check_start(fepd *d, const char *config_path)
     char err[1024];
     int has_rows = 0;
 
-    if (pidfile_check(d) != 0 || dirs_lock(d, 1) != 0)
+    if (fd_limit_check(d) != 0 || pidfile_check(d) != 0 || dirs_lock(d, 1) != 0)
         return 3;
     if (check_dir(d->cfg.data_dir) != 0)
         return 3;

@@ -448,6 +448,9 @@ int sys_connect(const sys_addr *a, int *in_progress);
 int sys_connect_result(int fd);
 /* -1 with errno EAGAIN/EWOULDBLOCK when nothing is pending. */
 int sys_accept(int listen_fd, sys_addr *peer);
+/* Raises the soft RLIMIT_NOFILE to want when it is lower and the hard limit
+ * allows; how many descriptors the process may then have, at most want. */
+unsigned long sys_fd_limit(unsigned long want);
 
 #define SYS_AGAIN 0                     /* would block, or interrupted: try later */
 #define SYS_ERROR (-1)                  /* errno says why */
@@ -543,8 +546,8 @@ sys_ledger sys_ledger_get(void);
 int sys_fault_set(const char *spec);
 #endif
 
-/* Logging to stderr, one line per call, line-buffered; never blocks long
- * because stderr is a terminal, a file or a pipe drained by the caller.
+/* Logging to stderr, one line per call; never waits: a line stderr cannot
+ * take at once is dropped and counted (sys.c).
  * When $JOURNAL_STREAM names stderr (systemd's journal), a line starts with
  * its syslog priority ("<3>" error ... "<7>" debug) instead of a time. */
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
@@ -1059,6 +1062,7 @@ typedef struct fepd {
     size_t static_memory_bytes;         /* everything allocated at start-up */
     int64_t watchdog_every_ms;          /* WATCHDOG=1 period; 0 off */
     int64_t watchdog_due_ms;            /* the next WATCHDOG=1 */
+    int64_t accept_paused_until_ms;     /* out of descriptors: listeners unwatched */
     uint8_t scratch[FRAME_DATA_MAX];    /* the plaintext of the frame at hand */
     int once;                           /* --once */
     int fresh_state;                    /* --fresh-state */

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1053,6 +1054,28 @@ int sys_dir_lock(const char *dir, int check_only, long *holder)
     sys_close(fd);
     errno = saved;
     return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * The descriptor limit
+ * ---------------------------------------------------------------------- */
+
+unsigned long sys_fd_limit(unsigned long want)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return want;                    /* cannot tell: accept() will */
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        struct rlimit raised = rl;
+
+        raised.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+                              ? (rlim_t)want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+            rl = raised;
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > want
+               ? want : (unsigned long)rl.rlim_cur;
 }
 
 /* ------------------------------------------------------------------------

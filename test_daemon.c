@@ -1038,6 +1038,67 @@ static void test_daemon_check_ports(void)
     dw_end(&w);
 }
 
+/* ------------------------------------------------------------------------
+ * Descriptors
+ * ---------------------------------------------------------------------- */
+
+/* A hard descriptor limit below what max_sessions needs (256 + 12 slots
+ * and 32 more): --check and start-up refuse alike, exit 3, the limit named,
+ * nothing made.  A soft limit below it is raised, and the check passes. */
+static void test_daemon_fd_limit(void)
+{
+    static const char *const opts[2] = { "--check", "" };
+    char cmd[PATH_T + 96], log[PATH_T];
+    const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    struct dworld w;
+    unsigned i;
+
+    dw_init(&w, "daemon-nofile");
+    dw_conf(&w, "max_sessions 256\n");
+    for (i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "ulimit -n 100 && exec %s -c %s %s",
+                 FEPD_T, w.conf, opts[i]);
+        dw_path(&w, i ? "start.log" : "check.log", log);
+        CHECK_EQ(test_wait(test_spawn(argv, log), RUN_MS), 3);
+        CHECK_EQ(test_log_count(log, "max_sessions 256 needs 300 descriptors "
+                                "and the limit (RLIMIT_NOFILE) allows 100"), 1);
+    }
+    CHECK(access(w.data, F_OK) != 0 && access(w.state, F_OK) != 0);
+    snprintf(cmd, sizeof cmd, "ulimit -S -n 100 && exec %s -c %s --check",
+             FEPD_T, w.conf);
+    dw_path(&w, "soft.log", log);
+    CHECK_EQ(test_wait(test_spawn(argv, log), RUN_MS), 0);
+    dw_end(&w);
+}
+
+/* Every accept fails with EMFILE (a test fault) while a client waits in
+ * the backlog: fepd leaves its listeners unwatched for 500 ms at a time,
+ * one log line each, instead of retrying in a loop, and stops at once. */
+static void test_daemon_accept_emfile(void)
+{
+    const struct env env[] = { { "FEP_FAULT", "accept:1+:EMFILE" },
+                               { NULL, NULL } };
+    struct dworld w;
+    long paused;
+    int fd;
+
+    dw_init(&w, "daemon-emfile");
+    dw_conf(&w, "");
+    if (dw_start(&w, env) == 0) {
+        fd = raw_connect(w.listen_port);
+        CHECK(fd >= 0);
+        test_sleep_ms(1200);
+        paused = test_log_count(w.log, "accept: Too many open files: no new "
+                                "connections for 500 ms");
+        CHECK(paused >= 1 && paused <= 4);
+        CHECK_EQ(test_log_count(w.log, "accept: "), paused);
+        if (fd >= 0)
+            close(fd);
+        CHECK_EQ(dw_stop(&w), 0);
+    }
+    dw_end(&w);
+}
+
 void test_daemon_suite(void)
 {
     test_run("daemon_version", test_daemon_version);
@@ -1055,4 +1116,6 @@ void test_daemon_suite(void)
     test_run("daemon_check_dirs", test_daemon_check_dirs);
     test_run("daemon_check_state", test_daemon_check_state);
     test_run("daemon_check_ports", test_daemon_check_ports);
+    test_run("daemon_fd_limit", test_daemon_fd_limit);
+    test_run("daemon_accept_emfile", test_daemon_accept_emfile);
 }
