@@ -1336,7 +1336,6 @@ static void dirs_unlock(fepd *d)
     }
 }
 
-/* Everything allocated at start-up, in one function; 0, or an exit code. */
 /* A descriptor for every slot and FD_RESERVED for the rest (stdio, the
  * listeners, the files, the locks), within select()'s FD_SETSIZE.  The soft
  * limit is raised to that; when the hard limit does not allow it, start-up
@@ -1356,6 +1355,7 @@ static int fd_limit_check(const fepd *d)
     return -1;
 }
 
+/* Everything allocated at start-up, in one function; 0, or an exit code. */
 static int start(fepd *d)
 {
     store_config sc = { d->cfg.data_dir, d->cfg.fep_id, d->cfg.sync_packet,

@@ -43,8 +43,9 @@ static int tx_make_room(session *s, size_t n)
 
 /*
  * Appends one frame to s->tx: protected when the peer has a key (every frame
- * to a keyed DCU, ACK and NACK included).  -1 when no IC could be reserved or
- * the frame does not fit; the caller then ends the session.
+ * to a keyed DCU, ACK and NACK included).  FEP_OK, or why not (FEP_ERR_NO_IC:
+ * the key's ICs are used up or could not be reserved; FEP_ERR_NOSPACE: the
+ * frame does not fit); the caller then ends the session with that reason.
  */
 static fep_err send_frame(fepd *d, session *s, uint8_t cmd, uint16_t qsn,
                           uint16_t fsn, const uint8_t *payload, size_t len)
