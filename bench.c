@@ -265,7 +265,15 @@ static void run_seal(bench_result *r)
  * waits for P, and sends P's wait status and getrusage(RUSAGE_CHILDREN)
  * (P is M's only child, so that is P's CPU time and P's peak RSS).  Signals
  * go to P directly.  proc_reap waits for M, bounded by SIGALRM.
+ *
+ * A child's ru_maxrss counts the pages of the image it was forked from,
+ * up to its exec: P forked from this program, whose tables reach megabytes,
+ * would report at least their size.  So M first execs this program afresh
+ * (`fep_bench --measure FD LOG PROGRAM ARGS...`) and forks P from that
+ * small image; only when that exec fails does M measure as it is.
  * ---------------------------------------------------------------------- */
+
+static const char *bench_self;          /* argv[0], for M's exec */
 
 typedef struct proc {
     pid_t pid;                          /* M, our child; 0 when none */
@@ -339,6 +347,26 @@ static void measurer(int out, char *const argv[], const char *log_path)
     _exit(0);
 }
 
+/* In M: this program again, as a bare measurer; returns only on failure. */
+static void measurer_exec(int out, char *const argv[], const char *log_path)
+{
+    char fd_text[16], *args[32];
+    size_t n = 0, i;
+
+    snprintf(fd_text, sizeof fd_text, "%d", out);
+    args[n++] = (char *)bench_self;
+    args[n++] = "--measure";
+    args[n++] = fd_text;
+    args[n++] = (char *)log_path;
+    for (i = 0; argv[i] && n < sizeof args / sizeof args[0] - 1; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    if (!bench_self || argv[i] || fcntl(out, F_SETFD, 0) != 0)
+        return;
+    execv(bench_self, args);
+    fcntl(out, F_SETFD, FD_CLOEXEC);
+}
+
 static int proc_start(proc *pr, char *const argv[], const char *log_path)
 {
     int fds[2];
@@ -361,6 +389,7 @@ static int proc_start(proc *pr, char *const argv[], const char *log_path)
     }
     if (m == 0) {
         close(fds[0]);
+        measurer_exec(fds[1], argv, log_path);
         measurer(fds[1], argv, log_path);
     }
     close(fds[1]);
@@ -2413,6 +2442,13 @@ int main(int argc, char **argv)
     int failed = 0;
     const char *quick = getenv("BENCH_QUICK");
 
+    if (argc > 4 && strcmp(argv[1], "--measure") == 0) {
+        int out = atoi(argv[2]);
+
+        fcntl(out, F_SETFD, FD_CLOEXEC);        /* P must not hold it */
+        measurer(out, argv + 4, argv[3]);       /* exits */
+    }
+    bench_self = argv[0];
     bench_quick = quick && *quick && strcmp(quick, "0") != 0;
     if (bench_quick)
         bench_min_ns = BENCH_QUICK_NS;
