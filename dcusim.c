@@ -2231,6 +2231,8 @@ int main(int argc, char **argv)
 {
     sys_ledger ledger;
 
+    if (sys_std_fds() != 0)
+        return 1;                       /* no /dev/null: nowhere to log it */
     log_set_name("dcusim");
     opts_parse(argc, argv, &sim.o);
     log_set_level(sim.o.log_level);

@@ -1685,6 +1685,8 @@ int main(int argc, char **argv)
     unsigned shard = 0, shards = 1;
     char err[512];
 
+    if (sys_std_fds() != 0)
+        return 3;                       /* no /dev/null: nowhere to log it */
     d->lock_fds[0] = d->lock_fds[1] = -1;
     log_set_name("fepd");
 #ifdef FEP_FAULT

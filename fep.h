@@ -448,6 +448,10 @@ int sys_connect(const sys_addr *a, int *in_progress);
 int sys_connect_result(int fd);
 /* -1 with errno EAGAIN/EWOULDBLOCK when nothing is pending. */
 int sys_accept(int listen_fd, sys_addr *peer);
+/* Descriptors 0, 1 and 2 that are closed at start are held by /dev/null,
+ * so that no file or socket opened later takes one of their numbers and
+ * receives what is written to stdout or stderr.  0, or -1. */
+int sys_std_fds(void);
 /* Raises the soft RLIMIT_NOFILE to want when it is lower and the hard limit
  * allows; how many descriptors the process may then have, at most want. */
 unsigned long sys_fd_limit(unsigned long want);

@@ -1099,6 +1099,34 @@ static void test_daemon_accept_emfile(void)
     dw_end(&w);
 }
 
+/* Started with stdin, stdout and stderr closed (a careless service
+ * manager): no file fepd opens takes their numbers, so its log lines never
+ * land in a CSV file; each file holds its header alone. */
+static void test_daemon_stdio_closed(void)
+{
+    static const char *const files[] = { "lp.csv", "dcu_status.csv",
+                                         "meter_status.csv",
+                                         "meter_change.csv" };
+    char cmd[PATH_T + 64], path[PATH_T + 32];
+    const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    struct dworld w;
+    unsigned i;
+
+    dw_init(&w, "daemon-stdio");
+    dw_conf(&w, "");
+    snprintf(cmd, sizeof cmd, "exec %s -c %s 0<&- 1>&- 2>&-", FEPD_T, w.conf);
+    w.fep = test_spawn(argv, NULL);
+    CHECK(w.fep > 0);
+    CHECK_EQ(test_wait_port(w.listen_port, START_MS), 0);
+    CHECK_EQ(dw_stop(&w), 0);
+    for (i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", w.data, files[i]);
+        CHECK_EQ(test_count_lines(path, ""), 1);
+        CHECK_EQ(test_count_lines(path, "fepd"), 0);
+    }
+    dw_end(&w);
+}
+
 void test_daemon_suite(void)
 {
     test_run("daemon_version", test_daemon_version);
@@ -1118,4 +1146,5 @@ void test_daemon_suite(void)
     test_run("daemon_check_ports", test_daemon_check_ports);
     test_run("daemon_fd_limit", test_daemon_fd_limit);
     test_run("daemon_accept_emfile", test_daemon_accept_emfile);
+    test_run("daemon_stdio_closed", test_daemon_stdio_closed);
 }
