@@ -1185,14 +1185,14 @@ static size_t log_prefix(char *line, size_t cap, int level)
     if (journal) {
         r = snprintf(line, cap, "<%c>%s %s: ", priorities[level], log_name,
                      names[level]);
-        return r > 0 ? (size_t)r : 0;
+        return r > 0 && (size_t)r < cap ? (size_t)r : 0;
     }
     clock_gettime(CLOCK_REALTIME, &ts);
     sys_utc_of((int64_t)ts.tv_sec, &u);
     r = snprintf(line, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
                  u.year, u.month, u.day, u.hour, u.min, u.sec,
                  ts.tv_nsec / 1000000L, log_name, names[level]);
-    return r > 0 ? (size_t)r : 0;
+    return r > 0 && (size_t)r < cap ? (size_t)r : 0;
 }
 
 void log_msg(int level, const char *fmt, ...)
