@@ -9,9 +9,11 @@
  *   3. a test build (-DFEP_FAULT) can make the Nth call of an operation fail
  *      with a chosen error, to sweep fault injection over a whole run.
  *
- * Owns: the ledger counters, the log level and the fault table, and the
- * service manager's notification socket (file-scope statics, the only
- * globals of the program besides fep.c's signal flags).
+ * Owns: the ledger counters, the log level, the count of log lines dropped
+ * and the fault table, and the service manager's notification socket
+ * (file-scope statics, the only globals of the program besides fep.c's
+ * signal flags); /dev/null on descriptors 0-2 when they were closed at
+ * start (held for the process's life, outside the ledger).
  * Must not touch: buffers or descriptors it did not open on a caller's behalf;
  * it allocates nothing.
  */
