@@ -41,6 +41,7 @@
 
 #define ACCEPTS_PER_PASS 64             /* fairness between new and open sessions */
 #define ACCEPT_PAUSE_MS 500             /* out of descriptors: listeners rest */
+#define METRICS_QUIET_MS 1000           /* a scraper's time to send its request */
 #define LINGER_MS_MAX 1000              /* waiting for the peer's close */
 #define SELECT_WAIT_MS_MAX 250          /* how late a signal may be noticed */
 #define METRICS_PASS_BYTES (256 * 1024) /* a metrics response, per loop pass */
@@ -374,6 +375,34 @@ static void accept_failed(fepd *d, int err, int64_t now)
     log_msg(LOG_WARN, "accept: %s", strerror(err));
 }
 
+static void reap(fepd *d, session *s, int64_t now);
+
+/* Every metrics slot taken: the oldest one still without a whole request
+ * after METRICS_QUIET_MS gives way, so that clients that connect and say
+ * nothing (or dribble) cannot keep /metrics from its scraper.  1 when a
+ * slot was freed. */
+static int metrics_slot_reclaim(fepd *d, int64_t now)
+{
+    session *quiet = NULL;
+    unsigned i;
+
+    for (i = 0; i < d->n_slots; i++) {
+        session *s = &d->slots[i];
+
+        if (s->kind == KIND_METRICS && s->state == SLOT_ACTIVE &&
+            !s->exchange_open && now - s->opened_ms > METRICS_QUIET_MS &&
+            (!quiet || s->opened_ms < quiet->opened_ms))
+            quiet = s;
+    }
+    if (!quiet)
+        return 0;
+    log_msg(LOG_WARN, "metrics: a connection without a request after %lld "
+            "ms gives way to a new one", (long long)(now - quiet->opened_ms));
+    slot_abort(d, quiet, FEP_ERR_TIMEOUT);
+    reap(d, quiet, now);
+    return 1;
+}
+
 static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
 {
     int i;
@@ -389,8 +418,9 @@ static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
             return;
         }
         if (metrics)
-            kind = d->kind_in_use[KIND_METRICS] < METRICS_SLOTS ? KIND_METRICS
-                                                                : KIND_REJECT;
+            kind = d->kind_in_use[KIND_METRICS] < METRICS_SLOTS ||
+                           metrics_slot_reclaim(d, now) ? KIND_METRICS
+                                                        : KIND_REJECT;
         else if (d->sessions_active < d->cfg.max_sessions)
             kind = KIND_PUSH;
         else

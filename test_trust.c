@@ -579,6 +579,37 @@ static long scrape(int port, int ms)
     return -1;
 }
 
+/* Four clients take every metrics slot and say nothing: a scraper that
+ * comes within a second is turned away, one that comes later gets a slot
+ * from the quietest of them and its whole answer. */
+static void test_trust_metrics_squatted(void)
+{
+    struct trust t;
+    int fds[4], i;
+
+    if (trust_init(&t, "squat") != 0)
+        return;
+    trust_conf(&t, "dcu D1 -\n");
+    if (trust_start(&t, 0) == 0) {
+        for (i = 0; i < 4; i++)
+            fds[i] = raw_connect(t.metrics_port);
+        test_sleep_ms(100);
+        CHECK(scrape(t.metrics_port, 2000) <= 0);       /* closed at once */
+        test_sleep_ms(1100);
+        CHECK(scrape(t.metrics_port, 2000) > 0);
+        CHECK(strstr(scrape_buf, "\nfep_dcu_last_success_timestamp_seconds"
+                     "{dcu=\"D1\"} 0\n") != NULL);
+        CHECK_EQ(test_log_count(t.log, "metrics: a connection without a "
+                                "request after"), 1);
+        CHECK(raw_closed(fds[0], RAW_MS));      /* the oldest gave way */
+        for (i = 0; i < 4; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+        CHECK_EQ(trust_stop(&t, SIGTERM), 0);
+    }
+    trust_end(&t);
+}
+
 /* 10,000 DCUs and no traffic: one scrape completes in well under a
  * second, though nothing else wakes the loop. */
 static void test_trust_metrics_streams(void)
@@ -795,6 +826,7 @@ void test_trust_suite(void)
     test_run("trust_mkdir_durable", test_trust_mkdir_durable);
     test_run("trust_metrics_streams", test_trust_metrics_streams);
     test_run("trust_metrics_counts_at_end", test_trust_metrics_counts_at_end);
+    test_run("trust_metrics_squatted", test_trust_metrics_squatted);
     test_run("trust_one_fepd_a_state_dir", test_trust_one_fepd_a_state_dir);
     test_run("trust_witness_missing", test_trust_witness_missing);
     test_run("trust_fresh_state_on_sound_state",
