@@ -810,15 +810,19 @@ static void sort_by_sid(const fep_config *cfg, unsigned *h, size_t n)
     }
 }
 
-/* The DCUs in by_sid, removed ones left out; n_live counts them. */
+/* The DCUs in by_sid, removed ones left out; n_live counts them, n_polled
+ * those of them with an address. */
 void config_index(fep_config *cfg)
 {
     unsigned i;
 
-    cfg->n_live = 0;
-    for (i = 0; i < cfg->n_dcus; i++)
-        if (!cfg->dcus[i].removed)
-            cfg->by_sid[cfg->n_live++] = i;
+    cfg->n_live = cfg->n_polled = 0;
+    for (i = 0; i < cfg->n_dcus; i++) {
+        if (cfg->dcus[i].removed)
+            continue;
+        cfg->by_sid[cfg->n_live++] = i;
+        cfg->n_polled += cfg->dcus[i].has_addr;
+    }
     sort_by_sid(cfg, cfg->by_sid, cfg->n_live);
 }
 

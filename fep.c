@@ -359,6 +359,28 @@ static void metrics_read(fepd *d, session *s)
  * Accepting and connecting
  * ---------------------------------------------------------------------- */
 
+/*
+ * Neither kind of session may starve the other.  When pushes are served,
+ * polls take at most three quarters of the sessions: a poll cycle that ends
+ * frees its slot at once for the next poll, so without a share of their
+ * own, pushes would only ever meet NACK BUSY.  When DCUs are polled, pushes
+ * take at most three quarters too: connections that open and say nothing
+ * hold a push session until timeout_idle, and a flood of them must not stop
+ * the polls.  Without the other kind, one kind may take every session.
+ */
+static unsigned kind_share(const fepd *d, enum slot_kind kind)
+{
+    int other = kind == KIND_POLL ? d->cfg.has_listen : d->cfg.n_polled > 0;
+
+    return d->cfg.max_sessions - (other ? d->cfg.max_sessions / 4 : 0);
+}
+
+static int session_free_for(const fepd *d, enum slot_kind kind)
+{
+    return d->sessions_active < d->cfg.max_sessions &&
+           d->kind_in_use[kind] < kind_share(d, kind);
+}
+
 /* Out of descriptors (or kernel memory), the connection stays queued and
  * the listener readable: the listeners are left unwatched for a while
  * rather than retried in a loop that would spin and flood the log. */
@@ -421,7 +443,7 @@ static void accept_on(fepd *d, int listen_fd, int metrics, int64_t now)
             kind = d->kind_in_use[KIND_METRICS] < METRICS_SLOTS ||
                            metrics_slot_reclaim(d, now) ? KIND_METRICS
                                                         : KIND_REJECT;
-        else if (d->sessions_active < d->cfg.max_sessions)
+        else if (session_free_for(d, KIND_PUSH))
             kind = KIND_PUSH;
         else
             kind = KIND_REJECT;
@@ -566,18 +588,6 @@ static void poll_ended(fepd *d, unsigned i, int ok, int64_t now)
 }
 
 /*
- * Polls may take every session but a quarter when push sessions are served:
- * a poll cycle that ends frees its slot at once for the next poll, so
- * without a share of their own, pushes would only ever meet NACK BUSY.
- */
-static unsigned poll_limit(const fepd *d)
-{
-    unsigned reserve = d->cfg.has_listen ? d->cfg.max_sessions / 4 : 0;
-
-    return d->cfg.max_sessions - reserve;
-}
-
-/*
  * Starts the polls that are due, round-robin, while sessions are free.  A
  * due poll that cannot start (the limit is reached, or its DCU is in a push
  * session) sets poll_waiting, and the next session to close makes the
@@ -604,7 +614,7 @@ static void schedule_polls(fepd *d, int64_t now)
                 next_due = ds->next_poll_ms;
         } else if (ds->session >= 0) {
             d->poll_waiting = 1;
-        } else if (d->sessions_active >= poll_limit(d)) {
+        } else if (!session_free_for(d, KIND_POLL)) {
             d->poll_waiting = 1;
             break;                      /* resume here when a session ends */
         } else {

@@ -651,6 +651,7 @@ typedef struct fep_config {
     unsigned *by_sid;                   /* indices of the n_live DCUs not removed, by sid */
     unsigned n_dcus;                    /* entries in use, removed ones included */
     unsigned n_live;                    /* DCUs configured now */
+    unsigned n_polled;                  /* of those, with an address */
     unsigned dcus_cap;
     unsigned lines[CONFIG_DIRECTIVES_MAX]; /* where each directive was given, 0 not */
     /* --shard I/N: dcus holds this shard's DCUs only (the table keeps its

@@ -1318,6 +1318,45 @@ static void test_fep_push_while_polls_saturate(void)
     world_end(&w);
 }
 
+/* The other way round: 20 connections to the push port that say nothing
+ * (each held until timeout_idle, 30 s here) take the push share of
+ * max_sessions 4 and the reserve slots, and the polls go on. */
+static void test_fep_polls_while_pushes_squat(void)
+{
+    const char *poll_args[] = { "--dcus", "4", "--records", "20", NULL };
+    char directives[160];
+    struct world w;
+    long before, after;
+    int fds[20], i;
+
+    world_init(&w, "squat");
+    snprintf(directives, sizeof directives,
+             "listen %s\nmax_sessions 4\npoll_every 0.05\ntimeout_idle 30\n",
+             w.fep_addr);
+    conf_begin(&w, directives);
+    conf_dcus(&w, 1, 4, w.sim_addr, 0, "s");
+    for (i = 0; i < 20; i++)
+        fds[i] = -1;
+    if (sim_start(&w, 0, poll_args) == 0 && fep_start(&w, NULL) == 0) {
+        CHECK(test_wait_log(w.fep_log, "session poll DCU", 4, START_MS) == 0);
+        for (i = 0; i < 20; i++)
+            fds[i] = raw_connect(w.fep_port);
+        test_sleep_ms(300);             /* every one accepted or closed */
+        before = log_count2(w.fep_log, "session poll DCU", " ok ");
+        test_sleep_ms(1000);
+        after = log_count2(w.fep_log, "session poll DCU", " ok ");
+        CHECK(after - before >= 8);     /* 20 due; one session is enough */
+        for (i = 0; i < 20; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+        CHECK_EQ(fep_stop(&w, SIGTERM), 0);
+        check_clean_exit(&w);
+    }
+    CHECK_EQ(sim_stop(&w), 0);
+    fep_stop(&w, SIGKILL);
+    world_end(&w);
+}
+
 /* A connection that sends nothing is closed after timeout_idle. */
 static void test_fep_push_idle(void)
 {
@@ -2628,6 +2667,7 @@ void test_fep_suite(void)
     test_run("fep_push_unknown", test_fep_push_unknown);
     test_run("fep_push_busy", test_fep_push_busy);
     test_run("fep_push_while_polls_saturate", test_fep_push_while_polls_saturate);
+    test_run("fep_polls_while_pushes_squat", test_fep_polls_while_pushes_squat);
     test_run("fep_push_idle", test_fep_push_idle);
     test_run("fep_push_next_while_closing", test_fep_push_next_while_closing);
     test_run("fep_restart_kill9", test_fep_restart_kill9);
