@@ -496,14 +496,16 @@ const char *test_path(const char *dir, const char *name)
  * ---------------------------------------------------------------------- */
 
 /* A blocking TCP socket to 127.0.0.1:port with RAW_MS timeouts, or -1. */
-int raw_connect(int port)
+int test_connect(int port, int timeout_ms)
 {
     struct sockaddr_in a;
-    struct timeval tv = { RAW_MS / 1000, 0 };
+    struct timeval tv;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
     if (fd < 0)
         return -1;
+    tv.tv_sec = timeout_ms / 1000;
+    tv.tv_usec = (timeout_ms % 1000) * 1000;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     memset(&a, 0, sizeof a);
@@ -515,6 +517,47 @@ int raw_connect(int port)
         return -1;
     }
     return fd;
+}
+
+int raw_connect(int port)
+{
+    return test_connect(port, RAW_MS);
+}
+
+long test_http_get(int port, const char *path, char *buf, size_t cap, int ms)
+{
+    int64_t deadline = sys_now_ms() + ms;
+    int fd = raw_connect(port);
+    char req[256];
+    size_t n = 0;
+    int len = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: test\r\n\r\n",
+                       path);
+
+    buf[0] = '\0';
+    if (fd < 0 || len <= 0 || (size_t)len >= sizeof req ||
+        write(fd, req, (size_t)len) != len) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    while (sys_now_ms() < deadline && n < cap - 1) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r <= 0) {
+            close(fd);
+            buf[n] = '\0';
+            return r == 0 ? (long)n : -1;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    return -1;
+}
+
+int test_http_status(const char *response)
+{
+    return strncmp(response, "HTTP/1.", 7) == 0 && strlen(response) > 12
+               ? atoi(response + 9) : -1;
 }
 
 int port_of(const char *addr)

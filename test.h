@@ -124,8 +124,16 @@ size_t test_recs_of_dcu(const struct test_recs *r, unsigned dcu);
 #define NACK(code) (0x100 + (code))     /* raw_answer's value for a NACK */
 struct frame;
 struct gcm_key;
-/* A blocking TCP socket to 127.0.0.1:port, or -1. */
+/* A blocking TCP socket to 127.0.0.1:port whose reads and writes give up
+ * after timeout_ms, or -1; raw_connect gives up after RAW_MS. */
+int test_connect(int port, int timeout_ms);
 int raw_connect(int port);
+/* GET path from 127.0.0.1:port: the whole response, NUL-terminated, in
+ * buf, and its length once the server has closed; -1 when the connection
+ * failed or the response did not end within ms or within cap - 1 bytes. */
+long test_http_get(int port, const char *path, char *buf, size_t cap, int ms);
+/* The status code of an HTTP response, or -1. */
+int test_http_status(const char *response);
 /* The port of "host:port". */
 int port_of(const char *addr);
 /* One frame from sid to did: a K of one record, an S, or (other cmd) an

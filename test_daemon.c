@@ -294,30 +294,6 @@ static void check_version_output(const struct dworld *w, const char *prog,
     CHECK(strcmp(file_text(out), want) == 0);
 }
 
-/* The body of GET /metrics into buf; 0 or -1. */
-static int metrics_get(int port, char *buf, size_t cap)
-{
-    static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    size_t used = 0;
-    int fd = raw_connect(port);
-
-    if (fd < 0)
-        return -1;
-    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
-        close(fd);
-        return -1;
-    }
-    for (;;) {
-        ssize_t n = read(fd, buf + used, cap - 1 - used);
-        if (n <= 0)
-            break;
-        used += (size_t)n;
-    }
-    close(fd);
-    buf[used] = '\0';
-    return used > 0 ? 0 : -1;
-}
-
 static void test_daemon_version(void)
 {
     static char body[1 << 16];
@@ -339,7 +315,8 @@ static void test_daemon_version(void)
     dw_conf(&w, "");
     if (dw_start(&w, NULL) == 0) {
         CHECK(test_log_count(w.log, "fepd info: fepd " FEP_VERSION " FEP1: ") == 1);
-        CHECK(metrics_get(w.metrics_port, body, sizeof body) == 0);
+        CHECK(test_http_get(w.metrics_port, "/metrics", body, sizeof body,
+                            RAW_MS) > 0);
         CHECK(strstr(body, "\n# TYPE fep_build_info gauge\n"
                            "fep_build_info{version=\"" FEP_VERSION "\"} 1\n") != NULL);
         CHECK_EQ(dw_stop(&w), 0);

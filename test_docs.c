@@ -27,12 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <unistd.h>
 
@@ -472,36 +468,6 @@ static void test_docs_dcusim_options(void)
         test_remove_tree(dir);
 }
 
-/* GET /metrics from 127.0.0.1:port into text; bytes read, or -1. */
-static long scrape(int port)
-{
-    static const char request[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    struct sockaddr_in a;
-    struct timeval tv = { 5, 0 };
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    size_t n = 0;
-    ssize_t r = 0;
-
-    if (fd < 0)
-        return -1;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        write(fd, request, sizeof request - 1) != (ssize_t)(sizeof request - 1)) {
-        close(fd);
-        return -1;
-    }
-    while (n < sizeof text - 1 &&
-           (r = read(fd, text + n, sizeof text - 1 - n)) > 0)
-        n += (size_t)r;
-    text[n] = '\0';
-    close(fd);
-    return r < 0 ? -1 : (long)n;
-}
-
 static void test_docs_metrics(void)
 {
     static struct names doc, code;
@@ -525,7 +491,7 @@ static void test_docs_metrics(void)
     if (pid <= 0)
         return;
     CHECK(test_wait_port(port, FEPD_MS) == 0);
-    CHECK(scrape(port) > 0);
+    CHECK(test_http_get(port, "/metrics", text, sizeof text, 5000) > 0);
     kill(pid, SIGTERM);
     CHECK_EQ(test_wait(pid, FEPD_MS), 0);
     for (p = text; next_line(&p, line, sizeof line);) {

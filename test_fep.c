@@ -511,53 +511,12 @@ static void check_csv_keys(const struct world *w, const char *name,
  * Sockets: /metrics over HTTP
  * ---------------------------------------------------------------------- */
 
-/* A blocking connection to 127.0.0.1:port whose reads and writes give up
- * after timeout_s; the descriptor, or -1. */
-static int tcp_connect(int port, int timeout_s)
-{
-    struct sockaddr_in a;
-    struct timeval tv;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0)
-        return -1;
-    tv.tv_sec = timeout_s;
-    tv.tv_usec = 0;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* GET path from 127.0.0.1:port; the whole response (NUL-terminated) in buf
  * and the status code, or -1. */
 static int http_get(int port, const char *path, char *buf, size_t cap)
 {
-    char req[256];
-    size_t got = 0;
-    int fd = tcp_connect(port, 3), status = -1;
-    ssize_t n;
-
-    buf[0] = '\0';
-    if (fd < 0)
-        return -1;
-    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: test\r\n\r\n", path);
-    if (write(fd, req, strlen(req)) == (ssize_t)strlen(req)) {
-        while (got + 1 < cap && (n = read(fd, buf + got, cap - 1 - got)) > 0)
-            got += (size_t)n;
-        buf[got] = '\0';
-        if (strncmp(buf, "HTTP/1.", 7) == 0 && got > 12)
-            status = atoi(buf + 9);
-    }
-    close(fd);
-    return status;
+    return test_http_get(port, path, buf, cap, RAW_MS) >= 0
+               ? test_http_status(buf) : -1;
 }
 
 /* The value of the sample `name` (labels included) in an exposition; -1. */
@@ -1368,7 +1327,7 @@ static void test_fep_push_idle(void)
     conf_begin(&w, directives);
     conf_dcus(&w, 1, 1, NULL, 0, "k");
     if (fep_start(&w, NULL) == 0) {
-        int fd = tcp_connect(w.fep_port, 5);
+        int fd = test_connect(w.fep_port, 5000);
         int64_t t0 = sys_now_ms(), elapsed;
         ssize_t n = fd >= 0 ? read(fd, &byte, 1) : -1;
 
@@ -1402,7 +1361,7 @@ static void test_fep_push_next_while_closing(void)
     conf_begin(&w, directives);
     conf_dcus(&w, 1, 1, NULL, 0, "k");
     if (fep_start(&w, NULL) == 0) {
-        int first = tcp_connect(w.fep_port, 5), second = tcp_connect(w.fep_port, 5);
+        int first = test_connect(w.fep_port, 5000), second = test_connect(w.fep_port, 5000);
 
         CHECK(first >= 0 && second >= 0);
         CHECK(raw_send(first, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
@@ -2404,7 +2363,7 @@ static void test_fep_reload(void)
         snprintf(hex + 2 * k, 3, "%02x", key[k]);
     /* The second file gives DCU00001 the key of DCU00003, which it adds. */
     if (fep_start(&w, NULL) == 0) {
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU, CMD_LP_RSP, 1,
                        0, &key1, 1) == 0);
         CHECK_EQ(raw_answer(fd, &key1, NULL), CMD_ACK);
@@ -2419,17 +2378,17 @@ static void test_fep_reload(void)
         CHECK_EQ(raw_answer(fd, &key1, NULL), CMD_ACK);
         close(fd);
         /* The next one needs the new key. */
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 2, 0, &key3, 1) == 0);
         CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
         close(fd);
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00003", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 3, 0, &key3, 1) == 0);
         CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
         close(fd);
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00002", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 4, 0, NULL, 0) == 0);
         CHECK_EQ(raw_answer(fd, NULL, NULL), NACK(FEP_ERR_UNKNOWN));
@@ -2448,7 +2407,7 @@ static void test_fep_reload(void)
         CHECK(test_log_count(w.fep_log, "fep.conf:7: max_sessions changed: a "
                                         "reload cannot change it") == 1);
         CHECK_EQ(metric_now(&w, "fep_config_reloads_total{result=\"error\"}"), 2);
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00003", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 5, 0, &key3, 2) == 0);
         CHECK_EQ(raw_answer(fd, &key3, NULL), CMD_ACK);
@@ -2481,7 +2440,7 @@ static void test_fep_reload_mark_survives(void)
     key[15] ^= 1;
     gcm_init(&key1, key);
     if (fep_start(&w, NULL) == 0) {
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 1, 0, &key1, 5) == 0);
         CHECK_EQ(raw_answer(fd, &key1, &hdr), CMD_ACK);
@@ -2490,7 +2449,7 @@ static void test_fep_reload_mark_survives(void)
         CHECK(reload_to(&w, directives, 2, 1, NULL, NULL) == 0);
         CHECK(reload_to(&w, directives, 1, 2, NULL, NULL) == 0);
         CHECK(test_log_count(w.fep_log, "reload: 2 DCUs (1 added, 0 removed)") == 1);
-        fd = tcp_connect(w.fep_port, 5);
+        fd = test_connect(w.fep_port, 5000);
         CHECK(raw_send(fd, "DCU00001", "FEP00001", CTL_DIR_DCU | CTL_LAST,
                        CMD_LP_RSP, 1, 0, &key1, 5) == 0);
         CHECK_EQ(raw_answer(fd, &key1, &hdr), NACK(FEP_ERR_REPLAY));

@@ -556,27 +556,7 @@ static char scrape_buf[4 << 20];
 /* GET /metrics; the body's length, -1 when it did not complete within ms. */
 static long scrape(int port, int ms)
 {
-    static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    int64_t deadline = sys_now_ms() + ms;
-    int fd = raw_connect(port);
-    size_t n = 0;
-
-    if (fd < 0 || write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    while (sys_now_ms() < deadline && n < sizeof scrape_buf - 1) {
-        ssize_t r = read(fd, scrape_buf + n, sizeof scrape_buf - 1 - n);
-        if (r <= 0) {
-            close(fd);
-            scrape_buf[n] = '\0';
-            return r == 0 ? (long)n : -1;
-        }
-        n += (size_t)r;
-    }
-    close(fd);
-    return -1;
+    return test_http_get(port, "/metrics", scrape_buf, sizeof scrape_buf, ms);
 }
 
 /* Four clients take every metrics slot and say nothing: a scraper that
