@@ -957,6 +957,23 @@ static void run_poll(const e2e_spec *e, e2e_result *r)
     tree_remove(dir, 2);
 }
 
+/* fepd -c DIR/fep.conf as a daemon, logging to DIR/fepd.log; 0 once its
+ * start-up is over (within wait_ms). */
+static int fepd_serve(proc *fep, const char *dir, int wait_ms)
+{
+    char log_path[PATH_BENCH];
+    argv_buf a;
+
+    snprintf(log_path, sizeof log_path, "%s/fepd.log", dir);
+    a.n = 0;
+    arg(&a, "%s", FEPD_PATH, 0);
+    arg(&a, "-c", NULL, 0);
+    arg(&a, "%s/fep.conf", dir, 0);
+    if (proc_start(fep, a.v, log_path) != 0)
+        return -1;
+    return log_wait(log_path, "static memory", fep, wait_ms);
+}
+
 /* The push DCUs' dcu lines: a dcusim that listens for 10 ms writes them. */
 static int push_conf(const char *dir, const e2e_spec *e, e2e_result *r)
 {
@@ -983,7 +1000,7 @@ static int push_conf(const char *dir, const e2e_spec *e, e2e_result *r)
 
 static void run_push(const e2e_spec *e, e2e_result *r)
 {
-    char dir[DIR_SIZE], conf[PATH_BENCH], log_path[PATH_BENCH];
+    char dir[DIR_SIZE], log_path[PATH_BENCH];
     proc sim, fep;
     unsigned port = free_port();
     argv_buf a;
@@ -999,14 +1016,7 @@ static void run_push(const e2e_spec *e, e2e_result *r)
         tree_remove(dir, 2);
         return;
     }
-    snprintf(conf, sizeof conf, "%s/fep.conf", dir);
-    snprintf(log_path, sizeof log_path, "%s/fepd.log", dir);
-    a.n = 0;
-    arg(&a, "%s", FEPD_PATH, 0);
-    arg(&a, "-c", NULL, 0);
-    arg(&a, "%s", conf, 0);
-    if (proc_start(&fep, a.v, log_path) != 0 ||
-        log_wait(log_path, "static memory", &fep, 10000) != 0) {
+    if (fepd_serve(&fep, dir, 10000) != 0) {
         proc_stop(&fep, 10);
         fail(r, "fepd did not start");
         tree_remove(dir, 2);
@@ -1826,13 +1836,12 @@ static int scrape_s_less(const void *a, const void *b)
 /* The scrapes of one size; 0, or -1 with the reason printed. */
 static int metrics_row(unsigned dcus)
 {
-    char dir[DIR_SIZE], conf[PATH_BENCH], log_path[PATH_BENCH], addr[2][64];
+    char dir[DIR_SIZE], addr[2][64];
     char err[128];
     unsigned ports[2] = { free_port(), free_port() }, runs = bench_runs(), i;
     scrape_result r[RUNS_MAX], probed;
     const char *why = NULL;
     sys_addr a[2];
-    argv_buf args;
     proc fep;
 
     memset(r, 0, sizeof r);
@@ -1846,14 +1855,7 @@ static int metrics_row(unsigned dcus)
         snprintf(addr[i], sizeof addr[i], "127.0.0.1:%u", ports[i]);
         sys_addr_parse(addr[i], &a[i], err, sizeof err);
     }
-    snprintf(conf, sizeof conf, "%s/fep.conf", dir);
-    snprintf(log_path, sizeof log_path, "%s/fepd.log", dir);
-    args.n = 0;
-    arg(&args, "%s", FEPD_PATH, 0);
-    arg(&args, "-c", NULL, 0);
-    arg(&args, "%s", conf, 0);
-    if (proc_start(&fep, args.v, log_path) != 0 ||
-        log_wait(log_path, "static memory", &fep, 60000) != 0) {
+    if (fepd_serve(&fep, dir, 60000) != 0) {
         why = "fepd did not start";
     } else {
         for (i = 0; i < runs && !why; i++) {
